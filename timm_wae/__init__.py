@@ -1,0 +1,12 @@
+"""timm_wae: the Wavelet-like Auto-Encoder (Chen et al., AAAI 2018) as a timm plugin.
+
+``import timm_wae`` registers the ``wae_*`` models with timm (and torchvision).
+"""
+from .autoencoder import TransformLoss, WaveletLikeAutoEncoder, check_image
+from .baselines import create_front_end
+from .models import HUB_ORG, released_vgg
+from .shrink import ShrinkError, shrink_width
+from .wavelets import DWT97
+from .wrapper import WAEOutput, WAEWrapper
+
+__version__ = '0.1.0'

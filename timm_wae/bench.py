@@ -1,0 +1,131 @@
+"""Latency, throughput, parameters and MACs, with each WAE model timed beside its own backbone.
+
+Ratios are only meaningful when both models run in the same process under the same load, so
+the timing loop interleaves the models call by call and reports medians and p90s.
+"""
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ['BenchResult', 'benchmark', 'count_macs', 'format_table']
+
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+@dataclass
+class BenchResult:
+    model: str
+    baseline: Optional[str]      # the model this one is compared with (a WAE model's backbone)
+    device: str
+    dtype: str
+    channels_last: bool
+    batch_size: int
+    median_ms: float
+    p90_ms: float
+    img_per_s: float
+    params_m: float
+    gmacs: float                 # per image
+    speedup: Optional[float] = None  # baseline median / this median, same run
+
+
+def count_macs(model: nn.Module, input_size: Sequence[int], device: str = 'cpu') -> float:
+    """Multiply-accumulates per image (torch's flop counter counts 2 flops per MAC)."""
+    x = torch.randn(1, *input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return counter.get_total_flops() / 2
+
+
+def _percentile(values: List[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def _timer(device: torch.device):
+    """A callable timing fn() in ms: CUDA events on GPU, perf_counter on CPU."""
+    if device.type == 'cuda':
+        def run(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+    else:
+        def run(fn):
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+    return run
+
+
+def benchmark(
+        models: Dict[str, nn.Module],
+        baselines: Dict[str, Optional[str]],
+        input_size: Sequence[int],
+        batch_sizes: Sequence[int] = (1, 8),
+        dtypes: Sequence[str] = ('fp32',),
+        channels_last: Sequence[bool] = (False,),
+        device: str = 'cpu',
+        warmup: int = 3,
+        repeats: int = 10,
+        progress=None,
+) -> List[BenchResult]:
+    """Time every model at every setting; ``baselines`` maps a model to the one it is compared with."""
+    dev = torch.device(device)
+    timer = _timer(dev)
+    info = {}
+    for name, model in models.items():
+        model.eval().to(dev)
+        info[name] = (sum(p.numel() for p in model.parameters()) / 1e6, count_macs(model, input_size, device) / 1e9)
+    results = []
+    settings = [(b, d, cl) for d in dtypes for cl in channels_last for b in batch_sizes]
+    for batch, dtype_name, cl in settings:
+        dtype = DTYPES[dtype_name]
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        x = torch.randn(batch, *input_size, device=dev).to(memory_format=fmt)
+        times: Dict[str, List[float]] = {n: [] for n in models}
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            for model in models.values():
+                model.to(memory_format=fmt)
+                for _ in range(warmup):
+                    model(x)
+            for _ in range(repeats):
+                for name, model in models.items():
+                    times[name].append(timer(lambda: model(x)))
+                if progress is not None:
+                    progress()
+        medians = {n: statistics.median(t) for n, t in times.items()}
+        for name in models:
+            base = baselines.get(name)
+            results.append(BenchResult(
+                model=name, baseline=base, device=str(dev), dtype=dtype_name, channels_last=cl,
+                batch_size=batch, median_ms=medians[name], p90_ms=_percentile(times[name], 0.9),
+                img_per_s=batch * 1e3 / medians[name], params_m=info[name][0], gmacs=info[name][1],
+                speedup=medians[base] / medians[name] if base in medians else None,
+            ))
+    return results
+
+
+def format_table(results: List[BenchResult]) -> str:
+    """A Markdown table, one row per model and setting."""
+    head = ('| model | vs | device | dtype | ch_last | batch | median ms | p90 ms | img/s | params M '
+            '| GMAC | speed-up |')
+    lines = [head, '|' + '---|' * 12]
+    for r in results:
+        speed = f'{r.speedup:.2f}x' if r.speedup is not None else ''
+        lines.append(
+            f'| {r.model} | {r.baseline or ""} | {r.device} | {r.dtype} | {"yes" if r.channels_last else "no"} '
+            f'| {r.batch_size} | {r.median_ms:.1f} | {r.p90_ms:.1f} | {r.img_per_s:.1f} | {r.params_m:.1f} '
+            f'| {r.gmacs:.2f} | {speed} |')
+    return '\n'.join(lines)
+
+
+def results_as_dicts(results: List[BenchResult]) -> List[dict]:
+    return [asdict(r) for r in results]

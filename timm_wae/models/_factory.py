@@ -1,0 +1,47 @@
+"""What every wae_* entry function shares: default cfgs and the call to timm's builder."""
+from typing import Any, Callable, Dict
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg
+from torch import nn
+
+from ..wrapper import WAEWrapper
+
+# The Hugging Face organisation that the project's weights are published under.
+HUB_ORG = 'timm-wae'
+
+
+def wae_cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    """A pretrained cfg entry; the WAE's first conv and both classifiers are named for timm."""
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'wae.encoder.stem.0', 'classifier': ('backbone.head.fc', 'fusion_head.head.fc'),
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+def hub_cfgs(name: str, classifier: Any = None, **kwargs: Any) -> Dict[str, Dict[str, Any]]:
+    """The two tags every registered model has: ImageNet-1k (default) and Imagenette (10 classes)."""
+    extra = {'classifier': classifier} if classifier else {}
+    return {
+        f'{name}.in1k': wae_cfg(hf_hub_id=f'{HUB_ORG}/{name}.in1k', **extra, **kwargs),
+        f'{name}.imagenette': wae_cfg(
+            hf_hub_id=f'{HUB_ORG}/{name}.imagenette', num_classes=10, input_size=(3, 128, 128),
+            crop_pct=0.8, license='other', **extra, **kwargs),
+    }
+
+
+def create_wae(
+        variant: str,
+        pretrained: bool = False,
+        model_fn: Callable[..., nn.Module] = WAEWrapper,
+        **kwargs: Any,
+) -> WAEWrapper:
+    """Build a registered variant; only explicit kwargs are recorded, the name implies the rest."""
+    model = build_model_with_cfg(model_fn, variant, pretrained, pretrained_strict=True, **kwargs)
+    model._model_args = {}
+    return model

@@ -1,0 +1,125 @@
+"""Differentiable single-level 2-D CDF 9/7 wavelet transform for the Wavelet+CNN baseline.
+
+``dwt2(x)`` equals ``pywt.dwt2(x, 'bior4.4', mode='periodization')`` per channel and
+``idwt2`` equals ``pywt.idwt2(..., 'bior4.4', mode='periodization')``. ``bior4.4`` is the
+CDF 9/7 wavelet of JPEG 2000 (same taps up to scale and sign). Both directions are one
+circular pad plus one depthwise (``groups=C``) strided convolution whose kernel stacks the
+four separable 2-D filters, so the transform runs on any device and passes gradients.
+"""
+
+from __future__ import annotations
+
+import pywt
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DWT97", "dwt2", "idwt2"]
+
+_TAPS = 9
+# Circular padding that aligns the convolutions with pywt's periodization mode
+# (found by comparing against pywt; the tests check it).
+_ANALYSIS_PAD = (4, 3, 4, 3)  # (W left, W right, H left, H right)
+_SYNTHESIS_PAD = 2  # coefficient rows/columns wrapped on every side before upsampling
+_SYNTHESIS_CROP = 7  # conv_transpose2d padding that trims the wrapped margin
+
+
+def _filter_bank(lo: Tensor, hi: Tensor) -> Tensor:
+    """Stack the separable 2-D kernels in pywt's order cA, cH, cV, cD as [4, 1, 9, 9].
+
+    Each kernel is outer(filter along H, filter along W): cH is high-pass along H
+    (pywt's 'da'), cV high-pass along W ('ad').
+    """
+    pairs = ((lo, lo), (hi, lo), (lo, hi), (hi, hi))
+    return torch.stack([torch.outer(a, b) for a, b in pairs]).unsqueeze(1)
+
+
+def _taps(name: str) -> Tensor:
+    # pywt stores the 9/7 filters as length 10 with a leading zero tap; dropping it
+    # gives 9-tap kernels (19% fewer multiply-adds than 10x10).
+    return torch.tensor(getattr(pywt.Wavelet("bior4.4"), name)[1:], dtype=torch.float64)
+
+
+# conv2d is a cross-correlation, so the analysis filters are flipped; conv_transpose2d
+# already applies the synthesis filters as a true convolution.
+_ANALYSIS = _filter_bank(_taps("dec_lo").flip(0), _taps("dec_hi").flip(0))
+_SYNTHESIS = _filter_bank(_taps("rec_lo"), _taps("rec_hi"))
+
+
+def _check_image(x: Tensor, name: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D tensor [B, C, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+
+
+def _analysis(x: Tensor, bank: Tensor) -> tuple[Tensor, Tensor]:
+    _check_image(x, "dwt2")
+    b, c, h, w = x.shape
+    if h % 2 or w % 2 or h < 4 or w < 4:
+        raise ValueError(
+            f"dwt2: the periodized DWT needs even H and W (at least 4), got H={h}, W={w}"
+        )
+    weight = bank.to(x).repeat(c, 1, 1, 1)
+    out = F.conv2d(F.pad(x, _ANALYSIS_PAD, mode="circular"), weight, stride=2, groups=c)
+    out = out.view(b, c, 4, h // 2, w // 2)
+    return out[:, :, 0], out[:, :, 1:].reshape(b, 3 * c, h // 2, w // 2)
+
+
+def _synthesis(ca: Tensor, details: Tensor, bank: Tensor) -> Tensor:
+    _check_image(ca, "idwt2 (ca)")
+    _check_image(details, "idwt2 (details)")
+    b, c, h, w = ca.shape
+    if details.shape != (b, 3 * c, h, w):
+        raise ValueError(
+            f"idwt2: details must have shape (B, 3C, H, W) = {(b, 3 * c, h, w)} for ca of shape "
+            f"{tuple(ca.shape)}, got {tuple(details.shape)}"
+        )
+    if h < 2 or w < 2:
+        raise ValueError(f"idwt2: coefficients need H and W of at least 2, got H={h}, W={w}")
+    coeffs = torch.cat([ca.unsqueeze(2), details.reshape(b, c, 3, h, w)], dim=2)
+    coeffs = F.pad(coeffs.reshape(b, 4 * c, h, w), (_SYNTHESIS_PAD,) * 4, mode="circular")
+    weight = bank.to(ca).repeat(c, 1, 1, 1)
+    out = F.conv_transpose2d(coeffs, weight, stride=2, padding=_SYNTHESIS_CROP, groups=c)
+    return out[..., : 2 * h, : 2 * w]  # the transposed conv yields one extra row and column
+
+
+def dwt2(x: Tensor) -> tuple[Tensor, Tensor]:
+    """One level of the periodized CDF 9/7 DWT of ``x`` [B, C, H, W] (H, W even, >= 4).
+
+    Returns ``(ca, details)``: ``ca`` is [B, C, H/2, W/2]; ``details`` is [B, 3C, H/2, W/2]
+    with channels ``3c, 3c+1, 3c+2`` holding pywt's cH, cV, cD of input channel ``c``.
+    Filters are moved to ``x``'s device on each call; ``DWT97`` keeps them there instead.
+    """
+    return _analysis(x, _ANALYSIS)
+
+
+def idwt2(ca: Tensor, details: Tensor) -> Tensor:
+    """Invert ``dwt2``: rebuild [B, C, 2H, 2W] from ``ca`` [B, C, H, W] and ``details`` [B, 3C, H, W]."""
+    return _synthesis(ca, details, _SYNTHESIS)
+
+
+class DWT97(nn.Module):
+    """Fixed CDF 9/7 DWT as a module, for the paper's Wavelet+CNN baseline.
+
+    The baseline feeds ``ca`` to the full-width network and the three detail bands to the
+    quarter-width branch. Nothing is learned: the filters are non-persistent buffers, so
+    they follow ``.to()`` but stay out of ``state_dict`` and ``parameters()``.
+    """
+
+    analysis_bank: Tensor
+    synthesis_bank: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        dtype = torch.get_default_dtype()
+        self.register_buffer("analysis_bank", _ANALYSIS.to(dtype), persistent=False)
+        self.register_buffer("synthesis_bank", _SYNTHESIS.to(dtype), persistent=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(ca, details)`` exactly as ``dwt2``."""
+        return _analysis(x, self.analysis_bank)
+
+    def inverse(self, ca: Tensor, details: Tensor) -> Tensor:
+        """Rebuild the input from ``forward``'s output, exactly as ``idwt2``."""
+        return _synthesis(ca, details, self.synthesis_bank)

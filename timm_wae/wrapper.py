@@ -1,0 +1,329 @@
+"""WAEWrapper: turn any timm classifier into a WAE classifier (Chen et al., AAAI 2018).
+
+    image ──WAE──► IL ──► backbone (unchanged) ──► fL ──► backbone head ──────────► sL ─┐
+              └──► IH ──► quarter-width copy ───► fH ─┐                                 ├─► sL + sc
+                                          concat(fL, fH) ──► fusion head ──────► sc ─┘
+
+The paper averages the two scores; the authors' released model sums them (same argmax).
+"""
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import ClassifierHead
+from timm.models.vgg import ConvMlp
+from torch import Tensor, nn
+
+from .autoencoder import TransformLoss, TransformLossTerms, check_image
+from .baselines import create_front_end
+from .shrink import shrink_width
+
+__all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp']
+
+
+@dataclass
+class WAEOutput:
+    """Everything a training step needs from one forward pass."""
+    logits: Tensor                      # sL + sc, what forward() returns
+    logits_il: Tensor                   # sL, from the backbone's own head on fL
+    logits_fused: Optional[Tensor]      # sc, from the fusion head on concat(fL, fH); None without IH
+    low: Tensor                         # IL before standardisation
+    high: Optional[Tensor]              # IH before standardisation (made even when use_ih=False)
+    recon: Optional[Tensor] = None      # I', only when the decoder was asked for
+
+
+class FlatMlp(nn.Module):
+    """fc-ReLU-dropout-fc-ReLU over the flattened k x k feature map (VGG's classifier).
+
+    timm's VGG computes the same thing as a k x k convolution (ConvMlp), which oneDNN runs
+    several times slower than a matrix product at small batch. Maps of another size are pooled
+    to k x k first. The output is [B, hidden, 1, 1] so that a pooling ClassifierHead can follow.
+    """
+
+    def __init__(self, in_chans: int, hidden: int, kernel: int, drop_rate: float = 0.):
+        super().__init__()
+        self.kernel = kernel
+        self.fc1 = nn.Linear(in_chans * kernel * kernel, hidden)
+        self.act1 = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.act2 = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != (self.kernel, self.kernel):
+            x = F.adaptive_avg_pool2d(x, self.kernel)
+        x = self.drop(self.act1(self.fc1(x.flatten(1))))
+        return self.act2(self.fc2(x))[:, :, None, None]
+
+
+def mlp_head_shape(backbone: nn.Module) -> Optional[Tuple[int, int]]:
+    """(hidden, kernel) of a VGG-style MLP head, None for a pool-and-fc head."""
+    head = getattr(backbone, 'pre_logits', None)
+    if isinstance(head, FlatMlp):
+        return head.fc2.out_features, head.kernel
+    if isinstance(head, ConvMlp):
+        return head.fc2.out_channels, head.input_kernel_size
+    return None
+
+
+class FusionHead(nn.Module):
+    """sc: "a similar classifier" to the backbone's head, on concat(fL, fH).
+
+    For VGG-style heads (an MLP over the pooled 2-D map) it is an MLP of the same shape,
+    otherwise global pooling and a linear layer.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            num_classes: int,
+            pool_type: str = 'avg',
+            drop_rate: float = 0.,
+            mlp_hidden: Optional[int] = None,
+            mlp_kernel: int = 1,
+    ):
+        super().__init__()
+        self.pre_logits = FlatMlp(in_features, mlp_hidden, mlp_kernel, drop_rate) if mlp_hidden else nn.Identity()
+        self.head = ClassifierHead(mlp_hidden or in_features, num_classes, pool_type, drop_rate)
+        self.num_features = self.head.num_features
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
+        self.head.reset(num_classes, pool_type)
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.head(self.pre_logits(x), pre_logits=pre_logits)
+
+
+def _for_branches(pattern: str, branches: Tuple[str, ...]) -> str:
+    body = pattern[1:] if pattern.startswith('^') else pattern
+    return rf'^(?:{"|".join(branches)})\.{body}'
+
+
+def _backbone_name(backbone: nn.Module) -> str:
+    return getattr(backbone, 'pretrained_cfg', {}).get('architecture') or type(backbone).__name__
+
+
+class WAEWrapper(nn.Module):
+    """A WAE classifier around any timm model.
+
+    Args:
+        backbone: a timm model name or module; it receives IL unchanged and keeps its own head (sL).
+        num_classes: classes of both heads; None keeps the backbone's.
+        in_chans: image channels (the WAE always produces 3-channel IL and IH).
+        front_end: 'wae' (learned), 'dwt97' (Wavelet+CNN baseline) or 'resize' (IR baseline).
+        use_ih: False drops the IH branch and the fusion head (the "IL only" baseline).
+        width_divisor: the IH branch's widths are the backbone's divided by this (4 in the paper).
+        standardize: non-affine BatchNorm on IL and IH before the networks, as the released model.
+        energy_weight: λ of the transform loss on per-element means (0.25 = the paper's λ=1 on sums).
+        fusion_hidden: width of the fusion MLP for VGG-style heads (default: the backbone's).
+        drop_rate: dropout of the fusion head.
+        wae_width: channels inside the WAE (16 in the paper).
+        backbone_kwargs: passed to ``timm.create_model`` when ``backbone`` is a name.
+        pretrained_backbone: start the backbone from timm's pretrained weights (when a name).
+    """
+
+    def __init__(
+            self,
+            backbone: Union[str, nn.Module],
+            num_classes: Optional[int] = None,
+            in_chans: int = 3,
+            front_end: str = 'wae',
+            use_ih: bool = True,
+            width_divisor: int = 4,
+            standardize: bool = True,
+            energy_weight: float = 0.25,
+            fusion_hidden: Optional[int] = None,
+            drop_rate: float = 0.,
+            wae_width: int = 16,
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
+            pretrained_backbone: bool = False,
+    ):
+        super().__init__()
+        backbone_kwargs = dict(backbone_kwargs or {})
+        self.front_end_name = front_end
+        self.wae, low_chans, high_chans = create_front_end(front_end, in_chans, wae_width)
+        use_ih = use_ih and high_chans > 0
+        if isinstance(backbone, str):
+            if num_classes is not None:
+                backbone_kwargs['num_classes'] = num_classes
+            backbone = timm.create_model(
+                backbone, pretrained=pretrained_backbone, in_chans=low_chans, **backbone_kwargs)
+        elif not isinstance(backbone, nn.Module):
+            raise TypeError(f'backbone must be a timm model name or nn.Module, got {type(backbone).__name__}')
+        for method in ('forward_features', 'forward_head', 'reset_classifier'):
+            if not callable(getattr(backbone, method, None)):
+                raise TypeError(
+                    f'backbone {_backbone_name(backbone)!r} has no {method}(): WAEWrapper needs a timm-style '
+                    f'classifier (forward_features, forward_head, reset_classifier)')
+        if num_classes is not None and num_classes != backbone.num_classes:
+            backbone.reset_classifier(num_classes)
+        self.backbone = backbone
+        self.num_classes = backbone.num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+
+        self.norm_low = nn.BatchNorm2d(low_chans, affine=False) if standardize else nn.Identity()
+        self.norm_high = nn.BatchNorm2d(high_chans, affine=False) if standardize and use_ih else nn.Identity()
+        self.transform_loss = TransformLoss(energy_weight)
+
+        self.low_features = backbone.num_features
+        self.high_features = 0
+        self.ih_branch = self.fusion_head = None
+        if use_ih:
+            size = [max(s // 2, 32) for s in backbone.pretrained_cfg.get('input_size', (3, 224, 224))[1:]]
+            self.ih_branch, self.high_features = shrink_width(backbone, width_divisor, high_chans, size)
+            hidden, kernel = mlp_head_shape(backbone) or (None, 1)
+            self.fusion_head = FusionHead(
+                self.low_features + self.high_features,
+                self.num_classes,
+                pool_type=self._pool_type(),
+                drop_rate=drop_rate,
+                mlp_hidden=fusion_hidden or hidden,
+                mlp_kernel=kernel,
+            )
+        self.num_features = self.low_features + self.high_features
+        self.head_hidden_size = backbone.head_hidden_size + (self.fusion_head.num_features if use_ih else 0)
+
+        arch = _backbone_name(backbone)
+        self.derived_cfg = self._derive_cfg(getattr(backbone, 'pretrained_cfg', {}))
+        self.pretrained_cfg = dict(self.derived_cfg)
+        # JSON-only reconstruction arguments: save_for_hf records them and
+        # create_model('wae', **model_args) rebuilds the same architecture.
+        self.model_args = dict(
+            backbone=arch, num_classes=self.num_classes, in_chans=in_chans, front_end=front_end,
+            use_ih=use_ih, width_divisor=width_divisor, standardize=standardize,
+            energy_weight=energy_weight, fusion_hidden=fusion_hidden, drop_rate=drop_rate,
+            wae_width=wae_width,
+            backbone_kwargs={k: v for k, v in backbone_kwargs.items() if k != 'num_classes'},
+        )
+        self._model_args = dict(self.model_args)
+
+    # ------------------------------------------------------------------ config helpers
+    def _pool_type(self) -> str:
+        pool = getattr(getattr(self.backbone, 'head', None), 'global_pool', None)
+        pool = getattr(pool, 'pool_type', pool) or getattr(self.backbone, 'global_pool', 'avg')
+        return pool if isinstance(pool, str) and pool else 'avg'
+
+    def _derive_cfg(self, backbone_cfg: Dict[str, Any]) -> Dict[str, Any]:
+        """The backbone's data config (the WAE sees the full-size image), this model's layer names."""
+        keep = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license')
+        cfg = {k: v for k, v in backbone_cfg.items() if k in keep}
+        cfg.setdefault('input_size', (self.in_chans, 224, 224))
+        inner_cls = backbone_cfg.get('classifier', 'head.fc')
+        classifier = f'backbone.{inner_cls}' if isinstance(inner_cls, str) else f'backbone.{inner_cls[0]}'
+        if self.fusion_head is not None:
+            classifier = (classifier, 'fusion_head.head.fc')
+        cfg.update(
+            architecture='wae', num_classes=self.num_classes, classifier=classifier,
+            first_conv=self.first_conv, pool_size=None,
+        )
+        return cfg
+
+    @property
+    def first_conv(self) -> str:
+        return 'wae.encoder.stem.0' if self.front_end_name == 'wae' else f'backbone.{self.backbone.pretrained_cfg.get("first_conv", "")}'
+
+    # ------------------------------------------------------------------ timm model contract
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        inner = self.backbone.group_matcher(coarse)
+        branches = ('backbone', 'ih_branch') if self.ih_branch is not None else ('backbone',)
+        matcher = {'stem': rf'^wae|^norm_|{_for_branches(inner["stem"], branches)}'}
+        blocks = inner.get('blocks')
+        if isinstance(blocks, str):
+            matcher['blocks'] = _for_branches(blocks, branches)
+        elif blocks is not None:
+            matcher['blocks'] = [(_for_branches(p, branches), idx) for p, idx in blocks]
+        return matcher
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+        if self.ih_branch is not None:
+            self.ih_branch.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        inner = getattr(self.backbone, 'no_weight_decay', lambda: set())()
+        branches = ('backbone', 'ih_branch') if self.ih_branch is not None else ('backbone',)
+        return {f'{b}.{n}' for n in inner for b in branches}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> Union[nn.Module, Tuple[nn.Module, nn.Module]]:
+        if self.fusion_head is None:
+            return self.backbone.get_classifier()
+        return self.backbone.get_classifier(), self.fusion_head.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Reset both heads (sL and sc); 0 removes them and forward() returns pooled features."""
+        if global_pool is None:
+            self.backbone.reset_classifier(num_classes)
+        else:
+            self.backbone.reset_classifier(num_classes, global_pool)
+        if self.fusion_head is not None:
+            self.fusion_head.reset(num_classes, global_pool)
+        self.num_classes = self.model_args['num_classes'] = num_classes
+
+    # ------------------------------------------------------------------ forward
+    def decompose(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """(IL, IH) as the front end makes them, before standardisation (IH is None for 'resize')."""
+        check_image(x, self.in_chans)
+        return self.wae(x)
+
+    def _features(self, low: Tensor, high: Optional[Tensor]) -> Tensor:
+        f_low = self.backbone.forward_features(self.norm_low(low))
+        if self.ih_branch is None or high is None:
+            return f_low
+        f_high = self.ih_branch.forward_features(self.norm_high(high))
+        if f_high.shape[-2:] != f_low.shape[-2:]:
+            f_high = F.adaptive_avg_pool2d(f_high, f_low.shape[-2:])
+        return torch.cat([f_low, f_high], dim=1)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """concat(fL, fH), unpooled: [B, num_features, h, w]."""
+        return self._features(*self.decompose(x))
+
+    def _heads(self, x: Tensor, pre_logits: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        s_low = self.backbone.forward_head(x[:, :self.low_features], pre_logits=pre_logits)
+        s_fused = None if self.fusion_head is None else self.fusion_head(x, pre_logits=pre_logits)
+        return s_low, s_fused
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """sL + sc; with pre_logits, both heads' pre-logits side by side [B, head_hidden_size]."""
+        s_low, s_fused = self._heads(x, pre_logits)
+        if s_fused is None:
+            return s_low
+        return torch.cat([s_low, s_fused], dim=1) if pre_logits else s_low + s_fused
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_train(self, x: Tensor, reconstruct: bool = False) -> WAEOutput:
+        """One pass giving both scores and the sub-images; ``reconstruct`` also runs the decoder."""
+        low, high = self.decompose(x)
+        s_low, s_fused = self._heads(self._features(low, high))
+        logits = s_low if s_fused is None else s_low + s_fused
+        recon = None
+        if reconstruct:
+            if self.front_end_name != 'wae':
+                raise ValueError(f'front_end {self.front_end_name!r} has no decoder to reconstruct with')
+            recon = self.wae.reconstruct(low, high, x.shape[-2:])
+        return WAEOutput(logits, s_low, s_fused, low, high, recon)
+
+    # ------------------------------------------------------------------ losses
+    def classification_loss(
+            self, out: WAEOutput, target: Tensor,
+            criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    ) -> Tensor:
+        """Lc = CE(sL) + CE(sc), the paper's eq. 7 applied to both scores."""
+        loss = criterion(out.logits_il, target)
+        return loss if out.logits_fused is None else loss + criterion(out.logits_fused, target)
+
+    def compute_transform_loss(self, x: Tensor, out: WAEOutput) -> TransformLossTerms:
+        """Lt = lr + λ·le on an output made with ``forward_train(x, reconstruct=True)``."""
+        if out.recon is None:
+            raise ValueError('the transform loss needs forward_train(x, reconstruct=True)')
+        return self.transform_loss(x, out.recon, out.high)
