@@ -24,12 +24,16 @@ import hashlib
 import json
 import pathlib
 import shutil
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["HubServer"]
+__all__ = ["HubServer", "client_env", "run_client"]
 
 DEFAULT_NAMESPACE = "user"  # used when create_repo is given a name without "ns/"
 MAIN = "main"
@@ -355,3 +359,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.wfile.write(data)
+
+
+# ----------------------------------------------------------------------------- client side
+
+def client_env(hf_home, endpoint=None, offline=False, xet=False):
+    """Environment for a client process, without any HF_* setting inherited from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env.update(
+        HF_HOME=str(hf_home),
+        HF_TOKEN="hf_dummy_token_for_tests",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_OFFLINE="1" if offline else "0",
+    )
+    if not xet:
+        env["HF_HUB_DISABLE_XET"] = "1"  # read by huggingface_hub>=0.32; harmless for older ones
+    if endpoint is not None:
+        env["HF_ENDPOINT"] = endpoint
+    return env
+
+
+def run_client(code, env, **values):
+    """Run ``code`` in a subprocess; it gets ``values`` as globals and reports via ``result = {...}``."""
+    prelude = "import json, sys\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items())
+    epilogue = "\nprint('RESULT=' + json.dumps(result))\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code) + epilogue],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"client failed:\n{proc.stdout}\n{proc.stderr}"
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT=")]
+    assert lines, f"client printed no result:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(lines[-1][len("RESULT="):])

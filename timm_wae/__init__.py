@@ -10,3 +10,8 @@ from .wavelets import DWT97
 from .wrapper import WAEOutput, WAEWrapper
 
 __version__ = '0.1.0'
+
+from . import bench, hub
+from .torchvision_registry import register_torchvision_models
+
+register_torchvision_models()

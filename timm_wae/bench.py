@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['BenchResult', 'benchmark', 'count_macs', 'format_table']
+__all__ = ['BenchResult', 'benchmark', 'count_macs', 'format_table', 'results_as_dicts']
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -31,6 +31,9 @@ class BenchResult:
     params_m: float
     gmacs: float                 # per image
     speedup: Optional[float] = None  # baseline median / this median, same run
+    img_size: Optional[int] = None   # input height (and width when square)
+    threads: Optional[int] = None    # torch.get_num_threads() during the run (CPU)
+    repeats: Optional[int] = None    # timed calls per model behind median and p90
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int], device: str = 'cpu') -> float:
@@ -77,7 +80,12 @@ def benchmark(
         repeats: int = 10,
         progress=None,
 ) -> List[BenchResult]:
-    """Time every model at every setting; ``baselines`` maps a model to the one it is compared with."""
+    """Time every model at every setting; ``baselines`` maps a model to the one it is compared with.
+
+    Each repeat calls every model once; the order of the models rotates from one repeat to the next so
+    that no model always runs right after the same neighbour (caches, clocks). ``speedup`` is the
+    baseline's median over this model's median, both from the same interleaved loop.
+    """
     dev = torch.device(device)
     timer = _timer(dev)
     info = {}
@@ -96,8 +104,12 @@ def benchmark(
                 model.to(memory_format=fmt)
                 for _ in range(warmup):
                     model(x)
-            for _ in range(repeats):
-                for name, model in models.items():
+            if dev.type == 'cuda':
+                torch.cuda.synchronize(dev)
+            order = list(models.items())
+            for rep in range(repeats):
+                shift = rep % len(order)
+                for name, model in order[shift:] + order[:shift]:
                     times[name].append(timer(lambda: model(x)))
                 if progress is not None:
                     progress()
@@ -109,6 +121,8 @@ def benchmark(
                 batch_size=batch, median_ms=medians[name], p90_ms=_percentile(times[name], 0.9),
                 img_per_s=batch * 1e3 / medians[name], params_m=info[name][0], gmacs=info[name][1],
                 speedup=medians[base] / medians[name] if base in medians else None,
+                img_size=int(input_size[-2]), threads=torch.get_num_threads() if dev.type == 'cpu' else None,
+                repeats=repeats,
             ))
     return results
 
@@ -128,4 +142,5 @@ def format_table(results: List[BenchResult]) -> str:
 
 
 def results_as_dicts(results: List[BenchResult]) -> List[dict]:
+    """The results as plain dicts (JSON-ready)."""
     return [asdict(r) for r in results]

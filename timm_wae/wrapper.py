@@ -292,11 +292,12 @@ class WAEWrapper(nn.Module):
         return s_low, s_fused
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """sL + sc; with pre_logits, both heads' pre-logits side by side [B, head_hidden_size]."""
+        """sL + sc; with pre_logits (or no classifier) both heads' pre-logits side by side,
+        [B, head_hidden_size]."""
         s_low, s_fused = self._heads(x, pre_logits)
         if s_fused is None:
             return s_low
-        return torch.cat([s_low, s_fused], dim=1) if pre_logits else s_low + s_fused
+        return torch.cat([s_low, s_fused], dim=1) if pre_logits or self.num_classes == 0 else s_low + s_fused
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))

@@ -5,6 +5,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from torch import nn
 
+from ..hub import check_state_dict, translate_hub_errors
 from ..wrapper import WAEWrapper
 
 # The Hugging Face organisation that the project's weights are published under.
@@ -41,7 +42,13 @@ def create_wae(
         model_fn: Callable[..., nn.Module] = WAEWrapper,
         **kwargs: Any,
 ) -> WAEWrapper:
-    """Build a registered variant; only explicit kwargs are recorded, the name implies the rest."""
-    model = build_model_with_cfg(model_fn, variant, pretrained, pretrained_strict=True, **kwargs)
+    """Build a registered variant; only explicit kwargs are recorded, the name implies the rest.
+
+    Pretrained weights are checked key by key and shape by shape before loading, and download
+    failures say how to load a local file instead.
+    """
+    with translate_hub_errors(variant):
+        model = build_model_with_cfg(
+            model_fn, variant, pretrained, pretrained_strict=True, pretrained_filter_fn=check_state_dict, **kwargs)
     model._model_args = {}
     return model

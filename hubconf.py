@@ -1,0 +1,23 @@
+"""torch.hub entry points: ``torch.hub.load('<owner>/<repo>', 'wae_vgg16', pretrained=True)``.
+
+torch.hub runs this file with the repository root on sys.path, so the package imports from the
+checkout itself; ``source='local'`` works offline.
+"""
+dependencies = ['torch', 'torchvision', 'timm', 'huggingface_hub', 'safetensors', 'pywt']
+
+import timm as _timm  # noqa: E402
+
+import timm_wae as _timm_wae  # noqa: E402,F401  (registers the wae_* models)
+
+
+def _entry(name: str):
+    def load(pretrained: bool = False, **kwargs):
+        return _timm_wae.hub.create_model(name, pretrained=pretrained, **kwargs)
+
+    load.__name__ = name
+    load.__doc__ = f'{name}: see timm_wae. kwargs go to timm.create_model (num_classes, tag via name.tag).'
+    return load
+
+
+for _name in _timm.list_models('wae*'):
+    globals()[_name] = _entry(_name)

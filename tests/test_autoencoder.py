@@ -1,0 +1,65 @@
+"""The WAE itself: shapes, exact reconstruction size, the transform loss, input checks."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from timm_wae import TransformLoss, WaveletLikeAutoEncoder
+
+
+@pytest.mark.parametrize('size', [(32, 32), (33, 47), (17, 16)])
+def test_sub_images_are_three_channel_half_resolution_and_recon_matches_input_size(size):
+    wae = WaveletLikeAutoEncoder()
+    x = torch.randn(2, 3, *size)
+    il, ih = wae(x)
+    half = tuple((s + 1) // 2 for s in size)
+    assert il.shape == ih.shape == (2, 3, *half)
+    assert wae.reconstruct(il, ih, size).shape == x.shape
+
+
+def test_encoder_gives_the_same_result_whatever_the_memory_format():
+    wae = WaveletLikeAutoEncoder().eval()
+    x = torch.randn(2, 3, 24, 24)
+    a = wae(x)
+    b = wae(x.contiguous(memory_format=torch.channels_last))
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v)
+        assert u.is_contiguous()
+
+
+def test_decoder_sums_its_two_branches():
+    wae = WaveletLikeAutoEncoder()
+    il, ih = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    d = wae.decoder
+    torch.testing.assert_close(wae.reconstruct(il, ih), d.from_low(il) + d.from_high(ih))
+
+
+@pytest.mark.parametrize('weight', [0.0, 0.25, 1.0])
+def test_transform_loss_is_mean_reconstruction_error_plus_weighted_mean_energy(weight):
+    image, recon, ih = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)
+    terms = TransformLoss(weight)(image, recon, ih)
+    torch.testing.assert_close(terms.recon, ((image - recon) ** 2).mean())
+    torch.testing.assert_close(terms.energy, (ih ** 2).mean())
+    torch.testing.assert_close(terms.loss, terms.recon + weight * terms.energy)
+
+
+def test_default_energy_weight_reproduces_the_papers_lambda_one_on_sums():
+    """λ=1 on sums over I and IH equals λ=0.25 on means, because IH has a quarter of I's elements."""
+    image, recon, ih = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16), torch.randn(1, 3, 8, 8)
+    on_sums = F.mse_loss(recon, image, reduction='sum') + 1.0 * ih.pow(2).sum()
+    torch.testing.assert_close(TransformLoss()(image, recon, ih).loss * image.numel(), on_sums)
+
+
+@pytest.mark.parametrize('shape, message', [
+    ((2, 1, 16, 16), '3 input channels'),
+    ((2, 4, 16, 16), 'got 4 channels'),
+    ((3, 16, 16), '4-D'),
+    ((1, 2, 3, 16, 16), '4-D'),
+])
+def test_bad_input_is_refused_with_a_message_naming_the_problem(shape, message):
+    with pytest.raises(ValueError, match=message):
+        WaveletLikeAutoEncoder()(torch.randn(*shape))
+
+
+def test_integer_images_are_refused():
+    with pytest.raises(TypeError, match='floating point'):
+        WaveletLikeAutoEncoder()(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))

@@ -1,0 +1,182 @@
+"""WAEWrapper on real timm models: the model contract, the quarter-width branch, the losses."""
+import pytest
+import timm
+import timm.optim
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import timm_wae
+from timm_wae import ShrinkError, WAEWrapper
+
+FAMILIES = [
+    'vgg11', 'vgg16', 'vgg11_bn', 'vgg16_bn', 'resnet18', 'resnet50', 'resnext50_32x4d', 'seresnet50',
+    'efficientnet_b0', 'mobilenetv3_large_100', 'convnext_nano', 'regnetx_002', 'densenet121',
+]
+X = torch.randn(2, 3, 64, 64)
+
+
+def _feature_params(model: nn.Module) -> int:
+    """Parameters of the layers forward_features runs (heads excluded)."""
+    model.reset_classifier(0)
+    names = ('pre_logits', 'head', 'fc', 'classifier', 'conv_head')
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(names))
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_wrapper_builds_a_quarter_width_branch_and_honours_the_timm_contract(name):
+    model = WAEWrapper(name, num_classes=5).eval()
+    with torch.no_grad():
+        features = model.forward_features(X)
+        logits = model(X)
+        pre = model.forward_head(features, pre_logits=True)
+    assert logits.shape == (2, 5)
+    assert features.ndim == 4 and features.shape[1] == model.num_features
+    assert pre.shape == (2, model.head_hidden_size)
+    # the IH branch's widths are the backbone's divided by 4: about 1/16 of the parameters
+    ratio = sum(p.numel() for p in model.ih_branch.parameters()) / _feature_params(timm.create_model(name))
+    assert 1 / 40 < ratio < 1 / 8, ratio
+    assert model.high_features == -(-model.low_features // 4)
+    state = model.state_dict()
+    assert model.pretrained_cfg['first_conv'] + '.weight' in state
+    for classifier in model.pretrained_cfg['classifier']:
+        assert classifier + '.weight' in state
+
+
+def test_output_is_the_sum_of_both_scores_and_the_loss_is_the_sum_of_both_cross_entropies():
+    model = WAEWrapper('resnet18', num_classes=4).eval()
+    target = torch.tensor([0, 3])
+    with torch.no_grad():
+        out = model.forward_train(X)
+        torch.testing.assert_close(out.logits, out.logits_il + out.logits_fused)
+        torch.testing.assert_close(model(X), out.logits)
+        expected = F.cross_entropy(out.logits_il, target) + F.cross_entropy(out.logits_fused, target)
+        torch.testing.assert_close(model.classification_loss(out, target), expected)
+
+
+def test_inference_never_runs_the_decoder_but_training_with_reconstruction_does():
+    model = WAEWrapper('resnet18', num_classes=3)
+    calls = []
+    model.wae.decoder.register_forward_hook(lambda *a: calls.append(1))
+    model.eval()
+    with torch.no_grad():
+        model(X)
+        model.forward_head(model.forward_features(X))
+        model.forward_train(X)
+    assert calls == []
+    model.train()
+    out = model.forward_train(X, reconstruct=True)
+    assert calls == [1] and out.recon.shape == X.shape
+    terms = model.compute_transform_loss(X, out)
+    torch.testing.assert_close(terms.energy, out.high.pow(2).mean())
+
+
+def test_reset_classifier_resets_both_heads():
+    model = WAEWrapper('resnet18', num_classes=4).eval()
+    model.reset_classifier(7)
+    assert model(X).shape == (2, 7)
+    assert [c.out_features for c in model.get_classifier()] == [7, 7]
+    model.reset_classifier(0)
+    assert model(X).shape == (2, model.head_hidden_size)
+
+
+def test_timm_data_config_optimizer_and_parameter_groups_work():
+    model = WAEWrapper('resnet18', num_classes=3)
+    cfg = timm.data.resolve_model_data_config(model)
+    assert cfg['input_size'] == (3, 224, 224) and cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN
+    opt = timm.optim.create_optimizer_v2(model, 'sgd', lr=0.1, weight_decay=1e-4, layer_decay=0.7)
+    in_groups = sum(p.numel() for g in opt.param_groups for p in g['params'])
+    assert in_groups == sum(p.numel() for p in model.parameters())
+    groups = timm.models.group_parameters(model, model.group_matcher())
+    assert any(n.startswith('ih_branch.layer4') for g in groups.values() for n in g)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = WAEWrapper('resnet18', num_classes=3).train()
+    target = torch.tensor([0, 2])
+
+    def grads():
+        model.zero_grad()
+        model.classification_loss(model.forward_train(X), target).backward()
+        return model.backbone.layer1[0].conv1.weight.grad.clone()
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = grads()
+    model.load_state_dict(state)
+    model.set_grad_checkpointing(True)
+    torch.testing.assert_close(grads(), plain)
+
+
+def test_baseline_front_ends_share_the_wrapper():
+    dwt = WAEWrapper('resnet18', num_classes=3, front_end='dwt97')
+    assert dwt.ih_branch.conv1.in_channels == 9  # cH, cV, cD of each colour channel
+    resize = WAEWrapper('resnet18', num_classes=3, front_end='resize')
+    il_only = WAEWrapper('resnet18', num_classes=3, use_ih=False)
+    for model in (dwt, resize, il_only):
+        assert model.eval()(X).shape == (2, 3)
+    assert resize.ih_branch is None and il_only.ih_branch is None
+    assert il_only.num_features == il_only.low_features == 512
+
+
+def test_backbone_given_as_module_keeps_its_weights_and_the_ih_branch_starts_fresh():
+    backbone = timm.create_model('resnet18', num_classes=3)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model = WAEWrapper(backbone)
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert model.ih_branch.conv1.weight.shape == (16, 3, 7, 7)
+
+
+@pytest.mark.parametrize('shape, error, message', [
+    ((2, 1, 64, 64), ValueError, '3 input channels'),
+    ((2, 4, 64, 64), ValueError, 'got 4 channels'),
+    ((3, 64, 64), ValueError, '4-D'),
+])
+def test_bad_images_fail_before_any_convolution(shape, error, message):
+    model = WAEWrapper('resnet18', num_classes=3).eval()
+    ran = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_pre_hook(lambda *a: ran.append(1))
+    with pytest.raises(error, match=message):
+        model(torch.randn(*shape))
+    assert ran == []
+
+
+def test_bad_backbones_and_widths_are_refused_by_name():
+    with pytest.raises(TypeError, match='forward_features'):
+        WAEWrapper(nn.Sequential(nn.Conv2d(3, 8, 3)))
+    for bad in (0, -4, 2.5):
+        with pytest.raises(ValueError, match='width_divisor must be a positive integer'):
+            WAEWrapper('resnet18', width_divisor=bad)
+    with pytest.raises(ShrinkError, match="'conv1' has 64 channels"):
+        WAEWrapper('resnet18', width_divisor=128)
+    with pytest.raises(ShrinkError, match='cls_token'):
+        WAEWrapper('vit_tiny_patch16_224')
+    with pytest.raises(ValueError, match='unknown front_end'):
+        WAEWrapper('resnet18', front_end='fft')
+
+
+def test_registered_models_are_listed_and_wae_vgg16_has_the_released_layout():
+    assert {'wae_vgg11', 'wae_vgg16', 'wae_vgg16_bn', 'wae_resnet18', 'wae_resnet34',
+            'wae_resnet50'} <= set(timm.list_models('wae_*'))
+    model = timm.create_model('wae_vgg16').eval()
+    # REFERENCE §2: the authors' deploy prototxt has about 53.3M parameters and 4.38 GMAC
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - 53.3) < 0.1
+    assert abs(timm_wae.bench.count_macs(model, (3, 224, 224)) / 1e9 - 4.38) < 0.01
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, 3, 224, 224))
+    assert features.shape == (1, 640, 4, 4)  # ceil-mode pool5 of both branches, concatenated
+    assert model.backbone.pre_logits.fc1.in_features == 512 * 4 * 4
+    assert model.fusion_head.pre_logits.fc1.out_features == 2048
+
+
+def test_create_model_passes_kwargs_and_cfg():
+    model = timm.create_model('wae_resnet18', num_classes=10)
+    assert model.num_classes == 10 and model.pretrained_cfg['architecture'] == 'wae_resnet18'
+    tagged = timm.create_model('wae_resnet18.imagenette')
+    assert tagged.num_classes == 10
+    assert timm.data.resolve_model_data_config(tagged)['input_size'] == (3, 128, 128)
+    generic = timm.create_model('wae', backbone='regnetx_002', num_classes=6)
+    assert generic.backbone.pretrained_cfg['architecture'] == 'regnetx_002' and generic.num_classes == 6

@@ -1,0 +1,249 @@
+"""Top-1 / top-5 error on an ImageFolder split, clean or with Gaussian noise (the paper's Table 7).
+
+The image goes through the model's own eval transform (``timm.data.resolve_model_data_config`` and
+``timm.data.create_transform(..., is_training=False)``) *without* its Normalize step, so that noise
+can be added to the image in [0, 1]; the config's mean and std are applied afterwards:
+
+    x01   = eval_transform(image)                    # resize + centre crop, values in [0, 1]
+    noisy = clamp(x01 + sqrt(V) * z, 0, 1)           # z ~ N(0, 1), V = the variance
+    input = (noisy - mean) / std
+
+Choices the paper leaves open, made here:
+
+* ``V`` is a **variance** on the [0, 1] scale (std = sqrt(V)), as the paper states.
+* The noisy image is **clamped to [0, 1]** by default, as an image saved after adding noise would be
+  (the test images of the paper are images). ``clamp=False`` keeps the unclipped values.
+* The noise field ``z`` of an image depends only on ``seed`` and the image's index in the dataset
+  (not on batch size, workers or device), and the same ``z`` is used for every level, scaled by
+  sqrt(V) ("common random numbers": differences between levels are not sampling noise).
+
+Every image is decoded once; all noise levels are evaluated on the same batch.
+"""
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ['LabelMappingError', 'UnreadableImageError', 'format_rows', 'read_image', 'eval_transform', 'evaluate', 'label_mapping', 'gaussian_noise']
+
+
+class LabelMappingError(ValueError):
+    """The folder's classes cannot be matched with the model's outputs."""
+
+
+class UnreadableImageError(OSError):
+    """An image file that PIL cannot decode (corrupt, truncated, or not an image)."""
+
+
+def read_image(path: Union[str, Path]):
+    """The image at ``path`` as an RGB PIL image; UnreadableImageError names the file otherwise."""
+    from PIL import Image
+    try:
+        with open(path, 'rb') as f:
+            img = Image.open(f)
+            return img.convert('RGB')
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise UnreadableImageError(f'cannot read image {str(path)!r}: {e}') from None
+
+
+def eval_transform(data_config: Dict[str, Any]) -> Callable:
+    """The model's eval transform (resize, centre crop, to tensor) without Normalize: [0, 1] output."""
+    import timm.data
+    cfg = {k: v for k, v in data_config.items()
+           if k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')}
+    return timm.data.create_transform(**cfg, is_training=False, normalize=False)
+
+
+def gaussian_noise(shape: Sequence[int], seed: int, index: int) -> Tensor:
+    """A standard normal field for image ``index``, reproducible from ``seed`` alone (CPU generator)."""
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2 ** 63))
+    return torch.randn(tuple(shape), generator=gen)
+
+
+class _Indexed(Dataset):
+    """(image, target, index): the index seeds the image's noise."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        img, target = self.dataset[i]
+        return img, target, i
+
+
+def _imagenet_synsets(model: nn.Module) -> Optional[List[str]]:
+    """The WordNet ids of the model's classes when it is an ImageNet classifier, else None."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+        subset = infer_imagenet_subset(model)
+        return ImageNetInfo(subset).label_names() if subset else None
+    except Exception:  # noqa: BLE001 - older timm, unknown subset: no mapping
+        return None
+
+
+def label_mapping(classes: Sequence[str], model: nn.Module) -> Optional[List[int]]:
+    """Folder class index -> model output index.
+
+    * ``num_classes == len(classes)``: identity (the model was trained on this folder's classes,
+      which ImageFolder sorts by name, as the recipes do).
+    * an ImageNet model and folder names that are its WordNet ids (e.g. Imagenette's ``n01440764``):
+      each folder maps to its ImageNet index.
+    * otherwise, fewer folder classes than model classes: identity, with a warning on stderr.
+    * more folder classes than model outputs: LabelMappingError.
+    Returns None for the identity.
+    """
+    num_classes = getattr(model, 'num_classes', None)
+    if num_classes == len(classes):
+        return None
+    synsets = _imagenet_synsets(model)
+    if synsets is not None and len(synsets) == num_classes and all(c in synsets for c in classes):
+        index = {s: i for i, s in enumerate(synsets)}
+        return [index[c] for c in classes]
+    if num_classes is None or len(classes) > num_classes:
+        raise LabelMappingError(
+            f'the data has {len(classes)} classes but the model has {num_classes} outputs, and the folder '
+            f'names are not ImageNet WordNet ids it could be mapped by')
+    print(f'warning: the data has {len(classes)} classes and the model {num_classes} outputs; '
+          f'assuming folder class i (sorted by name) is model class i', file=sys.stderr)
+    return None
+
+
+def evaluate(
+        model: nn.Module,
+        root: Union[str, Path],
+        noise: Sequence[float] = (0.,),
+        seed: int = 0,
+        clamp: bool = True,
+        max_per_class: Optional[int] = None,
+        batch_size: int = 64,
+        workers: int = 2,
+        device: Union[str, torch.device] = 'cpu',
+        dtype: str = 'fp32',
+        img_size: Optional[int] = None,
+        progress: bool = True,
+        model_name: Optional[str] = None,
+) -> List[Dict[str, Any]]:
+    """Top-1 and top-k error (%) of ``model`` on the ImageFolder at ``root``, one row per noise variance.
+
+    Args:
+        model: any classifier returning logits [B, num_classes] (timm model, WAEWrapper, ...).
+        root: ``root/<class>/<image>``; checked with ``timm_wae.data.check_image_folder``.
+        noise: variances V of zero-mean Gaussian noise on the [0, 1] image (0 = clean).
+        seed: seeds the noise (see the module docstring: per image, independent of batching).
+        clamp: clamp the noisy image to [0, 1] before normalising.
+        max_per_class: evaluate only the first N images of each class (file order).
+        img_size: override the data config's input size (square); None keeps the model's own.
+        dtype: 'fp32' or 'bf16' / 'fp16' (autocast).
+    Returns:
+        one row per noise level with ``noise_var``, ``noise_std``, ``top1_err``, ``top5_err`` (in %),
+        ``top1_correct``, ``top5_correct``, ``count`` (images) and the settings used. With fewer than
+        5 outputs, top-5 ranks all of them (``k`` records the k used; its error is then 0).
+    Raises:
+        FileNotFoundError / ValueError for a bad data root, UnreadableImageError for an image PIL
+        cannot read.
+    """
+    import timm.data
+    from torchvision.datasets import ImageFolder
+
+    from .data import check_image_folder, per_class_subset
+
+    levels = [float(v) for v in noise]
+    bad = [v for v in levels if not math.isfinite(v) or v < 0]
+    if bad:
+        raise ValueError(f'noise variances must be finite and >= 0, got {bad}')
+    if not levels:
+        raise ValueError('no noise levels given')
+    dev = torch.device(device)
+    amp = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+    if dtype not in amp:
+        raise ValueError(f'unknown dtype {dtype!r}; expected one of {sorted(amp)}')
+
+    data_config = dict(timm.data.resolve_model_data_config(model))
+    if img_size:
+        data_config['input_size'] = (data_config['input_size'][0], int(img_size), int(img_size))
+    transform = eval_transform(data_config)
+    folder = ImageFolder(str(check_image_folder(root)), transform=transform, loader=read_image)
+    dataset = per_class_subset(folder, max_per_class)
+    mapping = label_mapping(folder.classes, model)
+    mapping = torch.tensor(mapping) if mapping is not None else None
+
+    num_classes = getattr(model, 'num_classes', None) or 0
+    k = max(1, min(5, num_classes)) if num_classes else 5
+    mean = torch.tensor(data_config['mean'], device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(data_config['std'], device=dev).view(1, -1, 1, 1)
+    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=dev.type == 'cuda', persistent_workers=False)
+    correct1 = [0] * len(levels)
+    correctk = [0] * len(levels)
+    count = 0
+
+    model = model.eval().to(dev)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(dataset), unit='img', desc=f'eval {model_name or ""}'.strip(), file=sys.stderr,
+                   leave=False)
+    try:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=amp[dtype] or torch.float32,
+                                                    enabled=amp[dtype] is not None):
+            for images, targets, index in loader:
+                images = images.to(dev, non_blocking=True)
+                if mapping is not None:
+                    targets = mapping[targets]
+                targets = targets.to(dev)
+                z = None
+                if any(v > 0 for v in levels):
+                    z = torch.stack([gaussian_noise(images.shape[1:], seed, int(i)) for i in index]).to(dev)
+                for j, var in enumerate(levels):
+                    x = images if var == 0 else images + math.sqrt(var) * z
+                    if clamp and var > 0:
+                        x = x.clamp(0, 1)
+                    logits = model((x - mean) / std)
+                    top = logits.float().topk(k, dim=1).indices
+                    hit = top == targets[:, None]
+                    correct1[j] += int(hit[:, 0].sum())
+                    correctk[j] += int(hit.any(dim=1).sum())
+                count += len(targets)
+                if bar is not None:
+                    bar.update(len(targets))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    rows = []
+    for j, var in enumerate(levels):
+        row = {
+            'model': model_name or getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__),
+            'data': str(root),
+            'noise_var': var,
+            'noise_std': math.sqrt(var),
+            'top1_err': 100.0 * (1 - correct1[j] / count),
+            'top5_err': 100.0 * (1 - correctk[j] / count),
+            'top1_correct': correct1[j],
+            'top5_correct': correctk[j],
+            'k': k,
+            'count': count,
+            'classes': len(folder.classes),
+            'img_size': data_config['input_size'][-1],
+            'clamp': clamp,
+            'seed': seed,
+            'dtype': dtype,
+        }
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: List[Dict[str, Any]]) -> str:
+    """A Markdown table of ``evaluate``'s rows."""
+    lines = ['| model | noise V | std | top-1 err % | top-5 err % | images |', '|' + '---|' * 6]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['noise_var']:g} | {r['noise_std']:.3f} | {r['top1_err']:.2f} "
+                     f"| {r['top5_err']:.2f} | {r['count']} |")
+    return '\n'.join(lines)

@@ -1,0 +1,205 @@
+"""Weights in and out: the Hugging Face Hub layout (config.json + model.safetensors + README.md).
+
+timm's ``save_for_hf`` and the Hub client do the work; this module adds what they lack for a
+plugin: reconstruction args for ``WAEWrapper`` models, a model card, a strict and explained
+weight check (never a silent partial load), and errors that say what to do when the Hub is out
+of reach.
+"""
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
+
+import timm
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from timm.models import save_for_hf
+from torch import nn
+
+__all__ = ['WeightsError', 'HubUnavailableError', 'save_pretrained', 'push_to_hub', 'push_model',
+           'load_weights', 'check_state_dict', 'create_model', 'translate_hub_errors', 'model_card_text']
+
+WEIGHTS_NAME = 'model.safetensors'
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be read or does not fit the model."""
+
+
+class HubUnavailableError(OSError):
+    """The Hub could not be reached and no cached copy exists."""
+
+
+def _source(cfg: Mapping[str, Any]) -> str:
+    return str(cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url') or 'the checkpoint')
+
+
+def _classifier_keys(cfg: Mapping[str, Any]) -> set:
+    names = cfg.get('classifier') or ()
+    names = (names,) if isinstance(names, str) else names
+    return {f'{n}.{p}' for n in names for p in ('weight', 'bias')}
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, source: Optional[str] = None) -> Mapping:
+    """Raise WeightsError unless every key and shape matches (classifiers excepted when timm is
+    about to drop them for a new class count). Used as timm's ``pretrained_filter_fn``."""
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    source = source or _source(cfg)
+    arch = cfg.get('architecture', type(model).__name__)
+    expected = model.state_dict()
+    skip = _classifier_keys(cfg) if getattr(model, 'num_classes', None) != cfg.get('num_classes') else set()
+    missing = sorted(set(expected) - set(state_dict) - skip)
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = [f'{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}'
+              for k in sorted(set(expected) & set(state_dict) - skip) if state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        classes = [s for s in shapes if any(s.startswith(c) for c in _classifier_keys(cfg))]
+        hint = (' The class count differs: pass num_classes to match the file, or a different num_classes '
+                'than the pretrained cfg to fine-tune.' if classes else '')
+        parts = [f'{len(missing)} missing (e.g. {missing[:3]})' if missing else '',
+                 f'{len(unexpected)} unexpected (e.g. {unexpected[:3]})' if unexpected else '',
+                 f'{len(shapes)} with another shape ({"; ".join(shapes[:3])})' if shapes else '']
+        raise WeightsError(
+            f'weights {source} do not fit {arch}: ' + ', '.join(p for p in parts if p) +
+            f'. Is it a checkpoint of another architecture?{hint}')
+    return state_dict
+
+
+def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
+    """safetensors, or a legacy .pth/.bin through torch.load(weights_only=True); never plain pickle."""
+    if not path.is_file():
+        raise FileNotFoundError(f'weights file {str(path)!r} does not exist')
+    try:
+        if path.suffix == '.safetensors':
+            return load_file(str(path))
+        state = torch.load(str(path), map_location='cpu', weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, ValueError, OSError) as e:
+        raise WeightsError(f'cannot read weights file {str(path)!r} (truncated or corrupt?): {e}') from e
+    for key in ('state_dict', 'model'):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
+    """Load a local weights file strictly; every mismatch is an error naming the file."""
+    path = Path(path)
+    state = check_state_dict(_read_weights(path), model, source=str(path))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+@contextmanager
+def translate_hub_errors(what: str) -> Iterator[None]:
+    """Turn the Hub client's and safetensors' errors into ones that say what to do."""
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+    endpoint = os.environ.get('HF_ENDPOINT', 'https://huggingface.co')
+    local_hint = ("to use a local file instead: timm.create_model(name, pretrained=True, "
+                  "pretrained_cfg_overlay=dict(file='path/to/model.safetensors')), or "
+                  "timm_wae.hub.create_model('path/to/folder')")
+    try:
+        yield
+    except LocalEntryNotFoundError as e:  # offline, or the connection failed, and nothing cached
+        raise HubUnavailableError(
+            f'could not reach the Hugging Face Hub at {endpoint} for {what}, and no cached copy exists; '
+            f'{local_hint}') from e
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
+        raise WeightsError(f'no weights for {what} at {endpoint} ({type(e).__name__}); they may not be '
+                           f'published yet; {local_hint}') from e
+    except SafetensorError as e:
+        raise WeightsError(f'the downloaded weights for {what} cannot be read (truncated or corrupt?): {e}') from e
+
+
+def model_card_text(model: nn.Module, card: Optional[Mapping[str, Any]] = None) -> str:
+    """A Hub README: YAML metadata, architecture, data config, recipe and results (when given)."""
+    card = dict(card or {})
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    arch = cfg.get('architecture', type(model).__name__)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    data_cfg = timm.data.resolve_model_data_config(model)
+    backbone = getattr(model, 'backbone', None)
+    lines = ['---', 'tags:', '- image-classification', '- timm', '- timm_wae', 'library_name: timm',
+             f"license: {card.get('license', cfg.get('license', 'apache-2.0'))}"]
+    if card.get('dataset'):
+        lines += ['datasets:', f"- {card['dataset']}"]
+    lines += ['---', f"# {card.get('name', arch)}", '',
+              card.get('description', 'A Wavelet-like Auto-Encoder (WAE) classifier (Chen et al., AAAI 2018), '
+                                      'built with timm_wae: IL into the backbone, IH into a quarter-width copy.'),
+              '', '## Model details', f'- **Architecture:** {arch}']
+    if backbone is not None:
+        lines.append(f"- **Backbone:** {backbone.pretrained_cfg.get('architecture', type(backbone).__name__)}")
+    lines += [f'- **Parameters (M):** {params:.2f}', f'- **Classes:** {getattr(model, "num_classes", "?")}',
+              f"- **Data config:** input {data_cfg['input_size']}, mean {data_cfg['mean']}, std {data_cfg['std']}, "
+              f"crop_pct {data_cfg['crop_pct']}, interpolation {data_cfg['interpolation']}"]
+    for title, key in (('Training recipe', 'recipe'), ('Results', 'results')):
+        if card.get(key):
+            body = card[key]
+            lines += ['', f'## {title}', body if isinstance(body, str) else json.dumps(body, indent=2)]
+    lines += ['', '## Usage', '```python', 'import timm, timm_wae', f"model = timm.create_model('hf-hub:{card.get('repo_id', 'OWNER/NAME')}', pretrained=True).eval()",
+              '```', '']
+    return '\n'.join(lines)
+
+
+def save_pretrained(
+        model: nn.Module,
+        folder: Union[str, Path],
+        model_card: Optional[Mapping[str, Any]] = None,
+        data_config: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Write config.json (architecture, num_classes, model args, pretrained cfg), model.safetensors
+    and a README.md model card into ``folder``, as ``push_to_hf_hub`` would upload them."""
+    folder = Path(folder)
+    save_for_hf(model, folder, safe_serialization=True, data_config=data_config)
+    (folder / 'README.md').write_text(model_card_text(model, model_card), encoding='utf-8')
+    return folder
+
+
+def push_to_hub(folder: Union[str, Path], repo_id: str, commit_message: str = 'Upload timm_wae model',
+                private: bool = False, token: Optional[str] = None) -> str:
+    """Create ``repo_id`` if needed and upload a folder made by ``save_pretrained``; returns the commit URL."""
+    from huggingface_hub import HfApi
+    folder = Path(folder)
+    if not (folder / 'config.json').is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f'{str(folder)!r} is not a saved model folder (needs config.json and {WEIGHTS_NAME})')
+    api = HfApi(token=token, library_name='timm_wae')
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message=commit_message)
+    return info.commit_url
+
+
+def push_model(model: nn.Module, repo_id: str, model_card: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> str:
+    """save_pretrained into a temporary folder, then push_to_hub."""
+    from tempfile import TemporaryDirectory
+    with TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, dict(model_card or {}, repo_id=repo_id))
+        return push_to_hub(tmp, repo_id, **kwargs)
+
+
+def create_model(spec: str, pretrained: bool = True, **kwargs: Any) -> nn.Module:
+    """A model from a registered name (``wae_resnet18.imagenette``, ``resnet50``), an ``hf-hub:``
+    id, or a local folder in the Hub layout (the recipes' output)."""
+    import timm_wae  # noqa: F401  (registers the wae_* models for config.json's architecture)
+    path = Path(spec)
+    if path.is_dir():
+        config_file = path / 'config.json'
+        if not config_file.is_file():
+            raise FileNotFoundError(f'{spec!r} is a folder without config.json; expected the Hub layout')
+        config = json.loads(config_file.read_text())
+        arch = config.get('architecture')
+        if not timm.is_model(arch):
+            raise WeightsError(f'{config_file} names architecture {arch!r}, which is not a registered model')
+        args = dict(config.get('model_args', {}), num_classes=config.get('num_classes'), **kwargs)
+        model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=config.get('pretrained_cfg'),
+                                  **args)
+        if pretrained:
+            load_weights(model, path / WEIGHTS_NAME)
+        return model
+    name = spec.split(':', 1)[1] if spec.startswith('hf-hub:') else spec
+    if not spec.startswith('hf-hub:') and not timm.is_model(name.split('.')[0]):
+        raise ValueError(f"unknown model {spec!r}: not a registered timm model, an hf-hub: id or a model "
+                         f"folder; try timm.list_models('wae_*')")
+    with translate_hub_errors(name):
+        return timm.create_model(spec, pretrained=pretrained, **kwargs)

@@ -1,0 +1,94 @@
+"""torchvision's door: ``torchvision.models.get_model('wae_resnet50', weights='IMAGENETTE')``.
+
+Each registered ``wae_*`` model gets a builder and a ``WeightsEnum`` made from its timm
+pretrained cfgs (one member per tag), so that the weights, their transforms and their metadata
+are described as data, as torchvision does it. The weights themselves come through timm's Hub
+download, into the Hugging Face cache.
+"""
+import sys
+from enum import Enum
+from functools import partial
+from typing import Any, Callable, Dict, Optional
+
+import timm
+import torch
+import torchvision.models
+from timm.models import get_pretrained_cfg
+from torchvision.models._api import BUILTIN_MODELS, Weights, WeightsEnum, register_model
+from torchvision.models._meta import _IMAGENET_CATEGORIES
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms._presets import ImageClassification
+
+__all__ = ['WEIGHTS', 'IMAGENETTE_CATEGORIES', 'register_torchvision_models']
+
+IMAGENETTE_CATEGORIES = [
+    'tench', 'English springer', 'cassette player', 'chain saw', 'church', 'French horn',
+    'garbage truck', 'gas pump', 'golf ball', 'parachute',
+]
+_CATEGORIES = {'in1k': _IMAGENET_CATEGORIES, 'imagenette': IMAGENETTE_CATEGORIES}
+_HUB = 'https://huggingface.co/{}/resolve/main/model.safetensors'
+
+# Weights enums by model name, e.g. WEIGHTS['wae_resnet50'].IMAGENETTE
+WEIGHTS: Dict[str, type] = {}
+
+
+def _enum_name(model_name: str) -> str:
+    """torchvision's spelling: wae_resnet50 -> WAE_ResNet50_Weights, wae_vgg16_bn -> WAE_VGG16_BN_Weights."""
+    parts = [p.replace('resnet', 'ResNet') if p.startswith('resnet') else p.upper() for p in model_name.split('_')]
+    return '_'.join(parts) + '_Weights'
+
+
+def _num_params(model_name: str, num_classes: int) -> int:
+    """Counted on the meta device: no memory, no initialisation, a few ms per model."""
+    with torch.device('meta'):
+        model = timm.create_model(model_name, num_classes=num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _weights(model_name: str, tag: str) -> Weights:
+    cfg = get_pretrained_cfg(f'{model_name}.{tag}').to_dict()
+    size = cfg['input_size'][-1]
+    return Weights(
+        url=_HUB.format(cfg['hf_hub_id']),
+        transforms=partial(
+            ImageClassification, crop_size=size, resize_size=int(round(size / cfg['crop_pct'])),
+            mean=cfg['mean'], std=cfg['std'], interpolation=InterpolationMode(cfg['interpolation'])),
+        meta={
+            'categories': _CATEGORIES[tag],
+            'tag': tag,
+            'num_params': _num_params(model_name, cfg['num_classes']),
+            'hf_hub_id': cfg['hf_hub_id'],
+            'min_size': (size // 2, size // 2),
+            'recipe': 'recipes/README.md in the timm_wae repository',
+            '_metrics': {},  # filled in when measured weights are published (MODEL_CARD.md)
+            '_docs': f'{model_name} ({tag}) published by timm_wae; loaded through timm from the Hugging Face Hub.',
+        },
+    )
+
+
+def _make_builder(model_name: str, weights_enum: type) -> Callable[..., Any]:
+    def builder(*, weights: Optional[weights_enum] = None, progress: bool = True, **kwargs: Any):
+        weights = weights_enum.verify(weights)
+        if weights is None:
+            return timm.create_model(model_name, **kwargs)
+        kwargs.setdefault('num_classes', len(weights.meta['categories']))
+        return timm.create_model(f"{model_name}.{weights.meta['tag']}", pretrained=True, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = model_name
+    builder.__doc__ = f'{model_name} through torchvision; ``weights``: {weights_enum.__name__} or its member name.'
+    return builder
+
+
+def register_torchvision_models() -> None:
+    """Register every ``wae_*`` timm model with torchvision (idempotent)."""
+    for name in timm.list_models('wae_*'):
+        if name in BUILTIN_MODELS:
+            continue
+        tags = [t for t in timm.list_pretrained(f'{name}.*')]
+        members = {t.split('.', 1)[1].upper(): _weights(name, t.split('.', 1)[1]) for t in tags}
+        members['DEFAULT'] = members[get_pretrained_cfg(name).tag.upper()]
+        weights_enum = WeightsEnum(_enum_name(name), members, module=__name__)
+        WEIGHTS[name] = weights_enum
+        setattr(sys.modules[__name__], weights_enum.__name__, weights_enum)
+        setattr(torchvision.models, weights_enum.__name__, weights_enum)  # for get_weight('X_Weights.TAG')
+        register_model(name)(_make_builder(name, weights_enum))
