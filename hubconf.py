@@ -11,11 +11,11 @@ import timm_wae as _timm_wae  # noqa: E402,F401  (registers the wae_* models)
 
 
 def _entry(name: str):
-    def load(pretrained: bool = False, **kwargs):
-        return _timm_wae.hub.create_model(name, pretrained=pretrained, **kwargs)
+    def load(pretrained: bool = False, tag: str = None, **kwargs):
+        return _timm_wae.hub.create_model(f'{name}.{tag}' if tag else name, pretrained=pretrained, **kwargs)
 
     load.__name__ = name
-    load.__doc__ = f'{name}: see timm_wae. kwargs go to timm.create_model (num_classes, tag via name.tag).'
+    load.__doc__ = f'{name}: see timm_wae. tag picks the weights (e.g. "imagenette"); kwargs go to timm.create_model.'
     return load
 
 

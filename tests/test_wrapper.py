@@ -172,6 +172,16 @@ def test_registered_models_are_listed_and_wae_vgg16_has_the_released_layout():
     assert model.fusion_head.pre_logits.fc1.out_features == 2048
 
 
+@pytest.mark.parametrize('name', ['wae_resnet18', 'wae_vgg11', 'wae'])
+def test_registered_cfgs_name_layers_that_exist(name):
+    with torch.device('meta'):
+        model = timm.create_model(name, num_classes=3)
+    state = model.state_dict()
+    assert model.pretrained_cfg['first_conv'] + '.weight' in state
+    for classifier in model.pretrained_cfg['classifier']:
+        assert classifier + '.weight' in state, classifier
+
+
 def test_create_model_passes_kwargs_and_cfg():
     model = timm.create_model('wae_resnet18', num_classes=10)
     assert model.num_classes == 10 and model.pretrained_cfg['architecture'] == 'wae_resnet18'

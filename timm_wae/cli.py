@@ -411,12 +411,11 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- train
 def recipes_dir() -> Optional[Path]:
-    """The recipes/ folder: $TIMM_WAE_RECIPES, or next to the package in a source checkout."""
-    candidates = [os.environ.get('TIMM_WAE_RECIPES'), Path(__file__).resolve().parent.parent / 'recipes']
-    for c in candidates:
-        if c and (Path(c) / 'train.py').is_file():
-            return Path(c)
-    return None
+    """The recipes/ folder with train.py: $TIMM_WAE_RECIPES when set, else the one next to the package
+    (a source checkout); None when there is none."""
+    env = os.environ.get('TIMM_WAE_RECIPES')
+    folder = Path(env) if env else Path(__file__).resolve().parent.parent / 'recipes'
+    return folder if (folder / 'train.py').is_file() else None
 
 
 TRAIN_HOWTO = """\
@@ -432,7 +431,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipes = recipes_dir()
     if recipes is None:
         print(TRAIN_HOWTO, file=sys.stderr)
-        raise CLIError('recipes/train.py not found (see above)')
+        where = os.environ.get('TIMM_WAE_RECIPES') or Path(__file__).resolve().parent.parent / 'recipes'
+        raise CLIError(f'recipes/train.py not found (looked in {str(where)!r}; see above)')
     config = Path(args.config)
     if not config.is_file():
         for cand in (recipes / 'configs' / args.config, recipes / 'configs' / f'{args.config}.yaml'):

@@ -1,13 +1,30 @@
-"""ImageFolder data with the checks and subsetting that training and evaluation share."""
-from pathlib import Path
-from typing import Callable, Optional, Union
+"""ImageFolder data with the checks and subsetting that training and evaluation share.
 
+For training on few CPU cores there is also a decoded-image cache (``cached_image_folder``: every
+image decoded once into one uint8 array on disk, memory-mapped), augmentations that run on uint8
+tensors (``tensor_transform``), and per-sample seeded augmentation (``SeededBatchSampler`` +
+``SeededTransform``) that makes the data of every epoch a pure function of (seed, epoch), whatever
+the number of processes or workers, and lets a resumed run skip the batches it already did.
+"""
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-__all__ = ['check_image_folder', 'image_folder', 'per_class_subset']
+__all__ = ['check_image_folder', 'image_folder', 'per_class_subset',
+           'default_cache_dir', 'DecodedImageFolder', 'cached_image_folder', 'tensor_transform',
+           'seeded_rng', 'SeededBatchSampler', 'SeededTransform', 'loader_throughput', 'dataset_classes']
 
 
 def check_image_folder(root: Union[str, Path]) -> Path:
@@ -44,3 +61,242 @@ def image_folder(
 ) -> Union[ImageFolder, Subset]:
     """A checked torchvision ImageFolder, optionally cut to ``max_per_class`` images per class."""
     return per_class_subset(ImageFolder(str(check_image_folder(root)), transform=transform), max_per_class)
+
+
+def dataset_classes(dataset: Union[Dataset, Subset]) -> List[str]:
+    """The class names of an ImageFolder-like dataset, through any Subset wrapping."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return list(dataset.classes)
+
+
+# ------------------------------------------------------------------------------ decoded-image cache
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """$TIMM_WAE_CACHE, else $XDG_CACHE_HOME/timm_wae/decoded (~/.cache/timm_wae/decoded)."""
+    if os.environ.get('TIMM_WAE_CACHE'):
+        return Path(os.environ['TIMM_WAE_CACHE'])
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'timm_wae' / 'decoded'
+
+
+class DecodedImageFolder(Dataset):
+    """Images decoded once into a uint8 array [N, 3, S, S] (memory-mapped), with their targets.
+
+    Items are ``(transform(uint8 tensor [3, S, S]), target)``. ``classes``, ``targets`` and
+    ``samples`` follow torchvision's ImageFolder, so ``per_class_subset`` works on it.
+    """
+
+    def __init__(self, images: np.ndarray, samples: List[Tuple[str, int]], classes: List[str],
+                 transform: Optional[Callable] = None):
+        if len(images) != len(samples):
+            raise ValueError(f'decoded cache holds {len(images)} images for {len(samples)} files')
+        self.images = images
+        self.samples = samples
+        self.targets = [t for _, t in samples]
+        self.classes = classes
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        img = torch.from_numpy(np.array(self.images[index]))  # copy out of the read-only memmap
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+
+class _DecodeResize(Dataset):
+    """Decode, resize the shorter side to ``size`` and centre-crop a square: uint8 [3, size, size]."""
+
+    def __init__(self, paths: Sequence[str], size: int, interpolation: str):
+        self.paths, self.size, self.interpolation = list(paths), size, interpolation
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+        with Image.open(self.paths[i]) as img:
+            img = img.convert('RGB')
+        img = TF.center_crop(TF.resize(img, self.size, InterpolationMode(self.interpolation)), [self.size, self.size])
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+def cached_image_folder(
+        root: Union[str, Path],
+        size: int,
+        cache_dir: Union[str, Path, None] = None,
+        max_per_class: Optional[int] = None,
+        transform: Optional[Callable] = None,
+        interpolation: str = 'bicubic',
+        workers: int = 0,
+) -> DecodedImageFolder:
+    """``image_folder(root, max_per_class=...)`` decoded once, resized (shorter side ``size``, centre
+    square) into ``cache_dir/<name>-<key>.npy``, then memory-mapped on every later call.
+
+    The key hashes the resolved root, size, interpolation and every selected file's path, size
+    and mtime: a changed folder makes a new cache. The array and its JSON sidecar are written to
+    temporary names and moved into place with ``os.replace`` (the sidecar last), so a killed
+    build leaves no cache that looks complete. Non-square images lose their sides (centre square).
+    """
+    folder = image_folder(root, max_per_class=max_per_class)
+    base, indices = (folder.dataset, folder.indices) if isinstance(folder, Subset) else (folder, range(len(folder)))
+    root = Path(base.root).resolve()
+    samples = [base.samples[i] for i in indices]
+    files = []
+    for path, target in samples:
+        st = os.stat(path)
+        files.append([os.path.relpath(path, root), st.st_size, st.st_mtime_ns, target])
+    key = hashlib.sha1(json.dumps(
+        {'format': CACHE_FORMAT, 'root': str(root), 'size': size, 'interpolation': interpolation, 'files': files},
+        sort_keys=True).encode()).hexdigest()[:16]
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    stem = cache_dir / f'{root.parent.name}_{root.name}-{size}px-{len(samples)}-{key}'
+    array_file, meta_file = stem.with_suffix('.npy'), stem.with_suffix('.json')
+    rel_samples = [(f[0], f[3]) for f in files]
+    if not (meta_file.is_file() and array_file.is_file()):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = stem.with_name(f'{stem.name}.tmp{os.getpid()}.npy')
+        out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(samples), 3, size, size))
+        loader = DataLoader(_DecodeResize([p for p, _ in samples], size, interpolation), batch_size=64,
+                            num_workers=workers)
+        pos = 0
+        for batch in loader:
+            out[pos:pos + len(batch)] = batch.numpy()
+            pos += len(batch)
+        out.flush()
+        del out
+        os.replace(tmp, array_file)
+        meta = {'format': CACHE_FORMAT, 'root': str(root), 'size': size, 'interpolation': interpolation,
+                'classes': base.classes, 'samples': rel_samples}
+        tmp_meta = meta_file.with_name(f'{meta_file.name}.tmp{os.getpid()}')
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, meta_file)
+    meta = json.loads(meta_file.read_text())
+    images = np.load(array_file, mmap_mode='r')
+    return DecodedImageFolder(images, [(str(root / p), t) for p, t in meta['samples']], meta['classes'], transform)
+
+
+def tensor_transform(
+        input_size: Union[int, Sequence[int]],
+        is_training: bool = False,
+        scale: Tuple[float, float] = (0.08, 1.0),
+        ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+        color_jitter: float = 0.,
+        interpolation: str = 'bilinear',
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        crop_pct: float = 0.875,
+) -> Callable:
+    """timm's train / eval transform for uint8 image tensors [3, H, W] (torchvision.transforms.v2).
+
+    Training: random-resized crop, horizontal flip, optional colour jitter; eval: resize the shorter
+    side to ``floor(size / crop_pct)`` (a no-op on a cache made at that size) and centre crop.
+    Both end with conversion to float in [0, 1] and normalisation by ``mean``/``std``.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2
+    size = input_size if isinstance(input_size, int) else int(input_size[-1])
+    interp = InterpolationMode(interpolation if interpolation != 'random' else 'bilinear')
+    if is_training:
+        ops = [v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=interp, antialias=True)]
+        if hflip > 0:
+            ops.append(v2.RandomHorizontalFlip(hflip))
+        if color_jitter:
+            ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
+    else:
+        ops = [v2.Resize(math.floor(size / crop_pct), interpolation=interp, antialias=True), v2.CenterCrop(size)]
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(ops)
+
+
+# ------------------------------------------------------------------------------ seeded data order
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block with python's, numpy's and torch's CPU generators seeded, then restore them."""
+    py, npy, pt = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.random.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.random.set_rng_state(pt)
+
+
+class SeededBatchSampler(Sampler):
+    """Batches of ``(index, augmentation seed)`` from a permutation fixed by (seed, epoch).
+
+    ``batch_size`` is the global batch: each of ``world_size`` processes takes its contiguous
+    slice of every global batch, so the union over processes is the same as with one process.
+    ``set_epoch(epoch, start_batch)`` picks the epoch and skips batches (resume mid-epoch).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, drop_last: bool = True):
+        if batch_size % world_size:
+            raise ValueError(f'batch size {batch_size} is not divisible by {world_size} processes')
+        if drop_last and num_samples < batch_size:
+            raise ValueError(f'{num_samples} samples cannot fill one batch of {batch_size} (drop_last)')
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world_size, self.shuffle, self.drop_last = rank, world_size, shuffle, drop_last
+        self.epoch = self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else math.ceil(n / b)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch - self.start_batch, 0)
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        order = torch.randperm(self.num_samples, generator=g) if self.shuffle else torch.arange(self.num_samples)
+        seeds = torch.randint(0, 2 ** 62, (self.num_samples,), generator=g)
+        local = self.batch_size // self.world_size
+        for b in range(self.start_batch, self.batches_per_epoch):
+            pos = order[b * self.batch_size:(b + 1) * self.batch_size][self.rank * local:(self.rank + 1) * local]
+            yield [(int(i), int(seeds[i])) for i in pos]
+
+
+class SeededTransform(Dataset):
+    """``dataset[index]`` with ``transform`` applied under ``seeded_rng(seed)``; keys are (index, seed)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]) -> Tuple[Any, int]:
+        index, seed = key
+        img, target = self.dataset[index]
+        with seeded_rng(seed):
+            return self.transform(img), target
+
+
+def loader_throughput(loader: DataLoader, max_batches: Optional[int] = None) -> Dict[str, float]:
+    """Images per second of a data loader alone (the first batch, with worker start-up, untimed)."""
+    it = iter(loader)
+    next(it)
+    n, batches, start = 0, 0, time.perf_counter()
+    for x, _ in it:
+        n += len(x)
+        batches += 1
+        if max_batches and batches >= max_batches:
+            break
+    seconds = time.perf_counter() - start
+    return {'images': n, 'batches': batches, 'seconds': seconds, 'img_per_s': n / seconds if seconds else 0.}

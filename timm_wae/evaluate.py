@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ['LabelMappingError', 'UnreadableImageError', 'format_rows', 'read_image', 'eval_transform', 'evaluate', 'label_mapping', 'gaussian_noise']
+__all__ = ['LabelMappingError', 'UnreadableImageError', 'format_rows', 'read_image', 'eval_transform', 'to_unit_range', 'evaluate', 'label_mapping', 'gaussian_noise']
 
 
 class LabelMappingError(ValueError):
@@ -43,19 +43,32 @@ def read_image(path: Union[str, Path]):
     """The image at ``path`` as an RGB PIL image; UnreadableImageError names the file otherwise."""
     from PIL import Image
     try:
-        with open(path, 'rb') as f:
-            img = Image.open(f)
+        with Image.open(path) as img:
             return img.convert('RGB')
     except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
         raise UnreadableImageError(f'cannot read image {str(path)!r}: {e}') from None
 
 
 def eval_transform(data_config: Dict[str, Any]) -> Callable:
-    """The model's eval transform (resize, centre crop, to tensor) without Normalize: [0, 1] output."""
+    """The model's eval transform (resize, centre crop, to tensor) without Normalize: float [0, 1] output.
+
+    timm's ``normalize=False`` would also switch to a uint8 tensor (0-255), so the normalising
+    transform is built and its Normalize step dropped instead.
+    """
     import timm.data
+    from torchvision import transforms as T
     cfg = {k: v for k, v in data_config.items()
            if k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')}
-    return timm.data.create_transform(**cfg, is_training=False, normalize=False)
+    full = timm.data.create_transform(**cfg, is_training=False)
+    steps = [t for t in getattr(full, 'transforms', [full]) if not isinstance(t, T.Normalize)]
+    if len(steps) == len(getattr(full, 'transforms', [full])):
+        raise RuntimeError(f'no Normalize step to remove in the eval transform {full}')
+    return T.Compose(steps)
+
+
+def to_unit_range(x: Tensor) -> Tensor:
+    """A float image in [0, 1] (uint8 tensors are scaled by 1/255)."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
 def gaussian_noise(shape: Sequence[int], seed: int, index: int) -> Tensor:
@@ -194,7 +207,7 @@ def evaluate(
         with torch.inference_mode(), torch.autocast(dev.type, dtype=amp[dtype] or torch.float32,
                                                     enabled=amp[dtype] is not None):
             for images, targets, index in loader:
-                images = images.to(dev, non_blocking=True)
+                images = to_unit_range(images.to(dev, non_blocking=True))
                 if mapping is not None:
                     targets = mapping[targets]
                 targets = targets.to(dev)

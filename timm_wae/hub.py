@@ -7,6 +7,7 @@ of reach.
 """
 import json
 import os
+import pickle
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
@@ -19,7 +20,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 __all__ = ['WeightsError', 'HubUnavailableError', 'save_pretrained', 'push_to_hub', 'push_model',
-           'load_weights', 'check_state_dict', 'create_model', 'translate_hub_errors', 'model_card_text']
+           'load_weights', 'check_state_dict', 'timm_filter', 'create_model', 'translate_hub_errors', 'model_card_text']
 
 WEIGHTS_NAME = 'model.safetensors'
 
@@ -42,22 +43,28 @@ def _classifier_keys(cfg: Mapping[str, Any]) -> set:
     return {f'{n}.{p}' for n in names for p in ('weight', 'bias')}
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, source: Optional[str] = None) -> Mapping:
-    """Raise WeightsError unless every key and shape matches (classifiers excepted when timm is
-    about to drop them for a new class count). Used as timm's ``pretrained_filter_fn``."""
+def check_state_dict(
+        state_dict: Mapping[str, torch.Tensor],
+        model: nn.Module,
+        source: Optional[str] = None,
+        adapting: bool = False,
+) -> Mapping:
+    """Raise WeightsError unless every key and shape matches. With ``adapting`` (timm's
+    ``pretrained_filter_fn``) the classifiers are exempt when the model's class count differs
+    from the pretrained cfg's, because timm then drops them to fine-tune."""
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     source = source or _source(cfg)
     arch = cfg.get('architecture', type(model).__name__)
     expected = model.state_dict()
-    skip = _classifier_keys(cfg) if getattr(model, 'num_classes', None) != cfg.get('num_classes') else set()
+    new_classes = getattr(model, 'num_classes', None) != cfg.get('num_classes')
+    skip = _classifier_keys(cfg) if adapting and new_classes else set()
     missing = sorted(set(expected) - set(state_dict) - skip)
     unexpected = sorted(set(state_dict) - set(expected))
     shapes = [f'{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}'
               for k in sorted(set(expected) & set(state_dict) - skip) if state_dict[k].shape != expected[k].shape]
     if missing or unexpected or shapes:
         classes = [s for s in shapes if any(s.startswith(c) for c in _classifier_keys(cfg))]
-        hint = (' The class count differs: pass num_classes to match the file, or a different num_classes '
-                'than the pretrained cfg to fine-tune.' if classes else '')
+        hint = (' The class count differs: pass num_classes to match the file.' if classes else '')
         parts = [f'{len(missing)} missing (e.g. {missing[:3]})' if missing else '',
                  f'{len(unexpected)} unexpected (e.g. {unexpected[:3]})' if unexpected else '',
                  f'{len(shapes)} with another shape ({"; ".join(shapes[:3])})' if shapes else '']
@@ -65,6 +72,11 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, s
             f'weights {source} do not fit {arch}: ' + ', '.join(p for p in parts if p) +
             f'. Is it a checkpoint of another architecture?{hint}')
     return state_dict
+
+
+def timm_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping:
+    """timm's ``pretrained_filter_fn``: check before timm loads."""
+    return check_state_dict(state_dict, model, adapting=True)
 
 
 def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
@@ -75,7 +87,7 @@ def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
         if path.suffix == '.safetensors':
             return load_file(str(path))
         state = torch.load(str(path), map_location='cpu', weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, ValueError, OSError) as e:
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise WeightsError(f'cannot read weights file {str(path)!r} (truncated or corrupt?): {e}') from e
     for key in ('state_dict', 'model'):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -75,7 +75,8 @@ def decompose_image(model: nn.Module, x01: Tensor, mean: Sequence[float], std: S
         raise ValueError('the model has no WAE front end (decompose() and front_end_name): visualize needs a '
                          'WAE model such as wae_resnet18 or a WAEWrapper checkpoint')
     device = next(model.parameters()).device
-    x01 = x01.float().to(device)
+    from .evaluate import to_unit_range
+    x01 = to_unit_range(x01.to(device))
     mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(-1, 1, 1)
     std_t = torch.tensor(std, device=device, dtype=torch.float32).view(-1, 1, 1)
     x = ((x01 - mean_t) / std_t)[None]

@@ -5,7 +5,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from torch import nn
 
-from ..hub import check_state_dict, translate_hub_errors
+from ..hub import timm_filter, translate_hub_errors
 from ..wrapper import WAEWrapper
 
 # The Hugging Face organisation that the project's weights are published under.
@@ -49,6 +49,6 @@ def create_wae(
     """
     with translate_hub_errors(variant):
         model = build_model_with_cfg(
-            model_fn, variant, pretrained, pretrained_strict=True, pretrained_filter_fn=check_state_dict, **kwargs)
+            model_fn, variant, pretrained, pretrained_strict=True, pretrained_filter_fn=timm_filter, **kwargs)
     model._model_args = {}
     return model

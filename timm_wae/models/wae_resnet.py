@@ -6,9 +6,9 @@ from timm.models import generate_default_cfgs, register_model
 from ._factory import create_wae, hub_cfgs
 
 default_cfgs = generate_default_cfgs({
-    **hub_cfgs('wae_resnet18'),
-    **hub_cfgs('wae_resnet34'),
-    **hub_cfgs('wae_resnet50'),
+    tag: cfg
+    for name in ('wae_resnet18', 'wae_resnet34', 'wae_resnet50')
+    for tag, cfg in hub_cfgs(name, classifier=('backbone.fc', 'fusion_head.head.fc')).items()
 })
 
 

@@ -1,0 +1,353 @@
+"""The ``timm-wae`` console command, run as a real process (``python -m timm_wae.cli``) on tiny
+models and a tiny generated ImageFolder; the noise pipeline of ``timm_wae.evaluate`` and the user
+error matrix are also checked in-process (``cli.main(argv)``), which is the same code minus the
+interpreter start-up."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.models import save_for_hf
+from torch import nn
+
+import timm_wae  # noqa: F401  (registers wae_*)
+from timm_wae import cli
+from timm_wae.evaluate import eval_transform, evaluate
+
+CLASSES = ('ant', 'bee', 'cat')
+PER_CLASS = 4
+
+
+def run_cli(*args, env=None, timeout=180):
+    """The console entry in a fresh interpreter; offline so that nothing waits on the network."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'TIMM_WAE_'))}
+    full_env.update(HF_HUB_OFFLINE='1', HF_HUB_DISABLE_PROGRESS_BARS='1', TQDM_DISABLE='1')
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, '-m', 'timm_wae.cli', *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def ok(proc):
+    assert proc.returncode == 0, f'exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
+    return proc
+
+
+def _write_images(folder: Path, n: int, seed: int, size=(40, 52)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        # smooth-ish colour images of varying size and aspect: exercises resize + centre crop
+        h, w = size[0] + 3 * i, size[1] - 2 * i
+        base = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+        img.save(folder / f'img{i}.jpg', quality=90)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    """root/ (3 classes x 4 JPEGs), one_class/ (only the first class), broken/, empty_class/, images."""
+    root = tmp_path_factory.mktemp('data')
+    for c, name in enumerate(CLASSES):
+        _write_images(root / 'split' / name, PER_CLASS, seed=c)
+    _write_images(root / 'one_class' / CLASSES[0], PER_CLASS, seed=10)
+    _write_images(root / 'broken' / 'ant', 2, seed=11)
+    (root / 'broken' / 'ant' / 'zz_corrupt.jpg').write_bytes(b'this is not a JPEG')
+    _write_images(root / 'empty_class' / 'ant', 2, seed=12)
+    (root / 'empty_class' / 'bee').mkdir()
+    (root / 'empty_class' / 'bee' / 'notes.txt').write_text('no images here')
+    return root
+
+
+def _constant_model(cls: int, num_classes: int = len(CLASSES)) -> nn.Module:
+    """A resnet18 whose classifier ignores its input and always ranks ``cls`` first."""
+    model = timm.create_model('resnet18', num_classes=num_classes)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.arange(num_classes, 0, -1).float().roll(cls))  # cls gets the largest
+    return model
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory):
+    """Hub-layout folders (config.json + model.safetensors) of a constant classifier and two WAE baselines,
+    and a bare weights file of another constant classifier."""
+    root = tmp_path_factory.mktemp('models')
+    save_for_hf(_constant_model(0), root / 'const0', safe_serialization=True)
+    from safetensors.torch import save_file
+    save_file(_constant_model(2).state_dict(), str(root / 'const2.safetensors'))
+    save_for_hf(timm.create_model('wae', backbone='resnet18', front_end='dwt97', num_classes=3),
+                root / 'wae_dwt', safe_serialization=True)
+    save_for_hf(timm.create_model('wae', backbone='resnet18', front_end='resize', use_ih=False, num_classes=3),
+                root / 'wae_resize', safe_serialization=True)
+    return root
+
+
+# ------------------------------------------------------------------------------------------- help
+def test_help_lists_every_command_with_examples():
+    proc = ok(run_cli('--help'))
+    for command in ('bench', 'eval', 'visualize', 'push', 'train'):
+        assert command in proc.stdout
+        assert f'timm-wae {command} ' in proc.stdout, f'no example for {command}'
+    assert 'examples:' in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------- bench
+def test_bench_speedup_comes_from_the_two_medians(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = ok(run_cli('bench', 'wae_resnet18', 'resnet18', '--img-size', 64, '--batch-sizes', '1,2',
+                      '--dtypes', 'fp32,bf16', '--channels-last', 'both', '--device', 'cpu', '--threads', 1,
+                      '--repeats', 2, '--warmup', 1, '--json', out))
+    report = json.loads(out.read_text())
+    results = report['results']
+    settings = {(r['batch_size'], r['dtype'], r['channels_last']) for r in results}
+    assert settings == {(b, d, c) for b in (1, 2) for d in ('fp32', 'bf16') for c in (False, True)}
+    assert len(results) == 2 * len(settings)
+    for setting in settings:
+        rows = {r['model']: r for r in results if (r['batch_size'], r['dtype'], r['channels_last']) == setting}
+        wae, base = rows['wae_resnet18'], rows['resnet18']
+        assert wae['baseline'] == 'resnet18' and base['baseline'] is None and base['speedup'] is None
+        assert wae['speedup'] == pytest.approx(base['median_ms'] / wae['median_ms'], rel=1e-9)
+        for r in (wae, base):
+            assert 0 < r['median_ms'] <= r['p90_ms']
+            assert r['img_per_s'] == pytest.approx(r['batch_size'] * 1e3 / r['median_ms'])
+            assert r['img_size'] == 64 and r['threads'] == 1 and r['repeats'] == 2
+        # MACs are counted by torch's flop counter, not looked up: the WAE model must need fewer
+        assert 0 < wae['gmacs'] < base['gmacs']
+        assert wae['params_m'] > base['params_m'] > 0  # the IH branch and the fusion head add parameters
+        assert f"{wae['speedup']:.2f}x" in proc.stdout  # the Markdown table shows the same number
+    assert proc.stdout.lstrip().startswith('| model |')
+
+
+# ------------------------------------------------------------------------------------------- eval
+def test_eval_noise_levels_on_baselines(data, models, tmp_path):
+    out = tmp_path / 'eval.json'
+    specs = ['resnet18', 'wae_resnet18', models / 'wae_dwt', models / 'wae_resize']
+    ok(run_cli('eval', *specs, '--data', data / 'split', '--noise', '0,0.1', '--img-size', 64,
+               '--batch-size', 5, '--workers', 1, '--no-pretrained', '--seed', 3, '--json', out))
+    rows = json.loads(out.read_text())['rows']
+    assert [r['model'] for r in rows] == [str(s) for s in specs for _ in range(2)]
+    for r in rows:
+        assert r['count'] == len(CLASSES) * PER_CLASS
+        assert 0 <= r['top5_err'] <= r['top1_err'] <= 100
+        assert r['top1_err'] == pytest.approx(100 * (1 - r['top1_correct'] / r['count']))
+        assert r['top5_err'] == pytest.approx(100 * (1 - r['top5_correct'] / r['count']))
+        assert r['noise_std'] == pytest.approx(math.sqrt(r['noise_var']))
+    assert [r['noise_var'] for r in rows[:2]] == [0.0, 0.1]
+
+
+def test_eval_constant_classifier_gives_exact_errors(data, models, tmp_path):
+    """A model that always answers class 0: 0% error on a class-0-only folder, (1 - 1/3) on the split;
+    the same folder with --checkpoint of an always-class-2 model: 100% error."""
+    runs = {
+        'one': ('eval', models / 'const0', '--data', data / 'one_class'),
+        'split': ('eval', models / 'const0', '--data', data / 'split', '--max-per-class', 3),
+        'wrong': ('eval', models / 'const0', '--checkpoint', models / 'const2.safetensors', '--data',
+                  data / 'one_class'),
+    }
+    res = {}
+    for key, args in runs.items():
+        ok(run_cli(*args, '--img-size', 32, '--workers', 0, '--json', tmp_path / f'{key}.json'))
+        (res[key],) = json.loads((tmp_path / f'{key}.json').read_text())['rows']
+    assert res['one']['count'] == PER_CLASS
+    assert res['one']['top1_err'] == 0.0 and res['one']['top1_correct'] == PER_CLASS
+    assert res['split']['count'] == 3 * len(CLASSES)  # --max-per-class 3
+    assert res['split']['top1_correct'] == 3  # exactly the class-0 images
+    assert res['split']['top1_err'] == pytest.approx(100 * (1 - 1 / len(CLASSES)))
+    assert res['split']['top5_err'] == 0.0  # with 3 classes, the top "5" holds every class
+    assert res['wrong']['top1_err'] == 100.0
+
+
+class _Probe(nn.Module):
+    """Records what the model sees; answers class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_classes = 3
+        self.pretrained_cfg = dict(input_size=(3, 32, 32), interpolation='bilinear', crop_pct=0.875,
+                                   crop_mode='center', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+        self.seen = []
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        logits = torch.zeros(x.shape[0], 3)
+        logits[:, 0] = 1
+        return logits
+
+
+def _seen(data_root, **kwargs):
+    probe = _Probe()
+    evaluate(probe, data_root, progress=False, workers=0, **kwargs)
+    mean = torch.tensor(probe.pretrained_cfg['mean']).view(1, 3, 1, 1)
+    std = torch.tensor(probe.pretrained_cfg['std']).view(1, 3, 1, 1)
+    return probe, [x * std + mean for x in probe.seen]  # back to the [0, 1] scale
+
+
+def test_eval_noise_is_gaussian_of_the_given_variance_and_reproducible(data):
+    root = data / 'split'
+    levels = (0.0, 0.02, 0.1)
+    probe, seen = _seen(root, noise=levels, clamp=False, batch_size=5, seed=7)
+    n_batches = math.ceil(len(CLASSES) * PER_CLASS / 5)
+    assert len(seen) == n_batches * len(levels)  # every batch at every level
+    clean = torch.cat(seen[0::3])
+    # the clean input is the model's own normalised eval transform of the image
+    first = Image.open(sorted((root / CLASSES[0]).iterdir())[0]).convert('RGB')
+    reference = timm.data.create_transform(**timm.data.resolve_model_data_config(probe), is_training=False)(first)
+    assert torch.allclose(probe.seen[0][0], reference, atol=1e-5)
+    assert clean.min() >= 0 and clean.max() <= 1
+    for j, var in enumerate(levels[1:], start=1):
+        diff = torch.cat(seen[j::3]) - clean
+        assert diff.mean().abs() < 0.02
+        assert diff.std().item() == pytest.approx(math.sqrt(var), rel=0.03)
+    # the same field scaled for every level, fixed by the seed and the image, not by the batching
+    d1, d2 = torch.cat(seen[1::3]) - clean, torch.cat(seen[2::3]) - clean
+    assert torch.allclose(d1 / math.sqrt(0.02), d2 / math.sqrt(0.1), atol=1e-3)
+    _, again = _seen(root, noise=(0.1,), clamp=False, batch_size=12, seed=7)
+    assert torch.allclose(again[0], torch.cat(seen[2::3]), atol=1e-5)
+    _, other = _seen(root, noise=(0.1,), clamp=False, batch_size=12, seed=8)
+    assert not torch.allclose(other[0], again[0], atol=1e-2)
+    _, clamped = _seen(root, noise=(0.1,), clamp=True, batch_size=12, seed=7)
+    assert clamped[0].min() >= -1e-5 and clamped[0].max() <= 1 + 1e-5
+    assert torch.allclose(clamped[0], again[0].clamp(0, 1), atol=1e-5)
+
+
+def test_eval_transform_gives_floats_in_unit_range(data):
+    cfg = timm.data.resolve_model_data_config(timm.create_model('resnet18'))
+    x = eval_transform(dict(cfg, input_size=(3, 48, 48)))(Image.open(next((data / 'split' / 'ant').iterdir())))
+    assert x.dtype == torch.float32 and x.shape == (3, 48, 48)
+    assert 0 <= x.min() < x.max() <= 1
+
+
+# ------------------------------------------------------------------------------------------- visualize
+def test_visualize_writes_pngs_with_energy_and_psnr(data, tmp_path):
+    images = [data / 'split' / 'ant' / 'img0.jpg', data / 'split' / 'bee' / 'img1.jpg']
+    out = tmp_path / 'figs'
+    ok(run_cli('visualize', 'wae_resnet18', '--no-pretrained', '--images', *images, '--out', out, '--compare',
+               '--img-size', 64, '--json', tmp_path / 'vis.json'))
+    rows = json.loads((tmp_path / 'vis.json').read_text())['rows']
+    assert len(rows) == 2 and len({r['file'] for r in rows}) == 2
+    for r in rows:
+        with Image.open(r['file']) as png:
+            assert png.format == 'PNG' and png.width > png.height > 0  # one row of six panels
+        assert 0 < r['energy_share_ih'] < 1 and 0 < r['dwt_energy_share'] < 1
+        assert math.isfinite(r['psnr_db'])
+
+
+def test_visualize_dwt_front_end_reconstructs_exactly_in_one_grid(data, models, tmp_path):
+    """The 'dwt97' front end's IL/IH are the 9/7 DWT of the same input and its inverse is exact, so the
+    figure's PSNR must be very high and the IH energy share equal to --compare's DWT detail share."""
+    images = [data / 'split' / 'ant' / 'img0.jpg', data / 'split' / 'cat' / 'img2.jpg']
+    png = tmp_path / 'grid.png'
+    ok(run_cli('visualize', models / 'wae_dwt', '--images', *images, '--out', png, '--compare',
+               '--img-size', 64, '--json', tmp_path / 'vis.json'))
+    rows = json.loads((tmp_path / 'vis.json').read_text())['rows']
+    assert {r['file'] for r in rows} == {str(png)}
+    with Image.open(png) as im:
+        assert im.format == 'PNG' and im.height > 0 and im.width > 0
+    for r in rows:
+        assert r['psnr_db'] > 60
+        assert r['energy_share_ih'] == pytest.approx(r['dwt_energy_share'], rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- push / train
+def test_push_uploads_a_folder_to_a_hub(models, tmp_path):
+    from hub_server import HubServer
+    with HubServer(tmp_path / 'hub') as hub:
+        proc = ok(run_cli('push', models / 'const0', 'testorg/const0', '--message', 'first upload',
+                          env={'HF_ENDPOINT': hub.url, 'HF_HUB_OFFLINE': '0', 'HF_HOME': str(tmp_path / 'hf'),
+                               'HF_TOKEN': 'hf_dummy', 'HF_HUB_DISABLE_XET': '1'}))
+        stored = hub.repo_dir('testorg/const0')
+        assert (stored / 'model.safetensors').read_bytes() == (models / 'const0' / 'model.safetensors').read_bytes()
+        assert 'testorg/const0' in proc.stdout
+
+
+def test_train_launches_the_recipe_through_accelerate(tmp_path):
+    recipes = tmp_path / 'recipes'
+    (recipes / 'configs').mkdir(parents=True)
+    (recipes / 'train.py').write_text(
+        'import json, os, sys\nopen(os.environ["ARGV_OUT"], "w").write(json.dumps(sys.argv[1:]))\n')
+    (recipes / 'configs' / 'tiny.yaml').write_text('epochs: 1\n')
+    argv_out = tmp_path / 'argv.json'
+    ok(run_cli('train', 'tiny', 'epochs=2', 'model=wae_resnet18',
+               env={'TIMM_WAE_RECIPES': str(recipes), 'ARGV_OUT': str(argv_out)}))
+    assert json.loads(argv_out.read_text()) == [str(recipes / 'configs' / 'tiny.yaml'), 'epochs=2', 'model=wae_resnet18']
+
+
+# ------------------------------------------------------------------------------------------- user errors
+@pytest.mark.parametrize('case', ['missing_root', 'empty_class', 'unknown_model', 'unreadable_image'])
+def test_user_errors_exit_2_without_traceback_as_a_process(case, data):
+    args, expected = {
+        'missing_root': (('eval', 'resnet18', '--no-pretrained', '--data', data / 'nowhere'), ['nowhere', 'does not exist']),
+        'empty_class': (('eval', 'resnet18', '--no-pretrained', '--data', data / 'empty_class'), ['bee', 'no images']),
+        'unknown_model': (('bench', 'wae_resnet_nope', '--img-size', 32), ["unknown model 'wae_resnet_nope'",
+                                                                           "timm.list_models('wae_*')"]),
+        'unreadable_image': (('eval', 'resnet18', '--no-pretrained', '--data', data / 'broken', '--img-size', 32,
+                              '--workers', 1), ['cannot read image', 'zz_corrupt.jpg']),
+    }[case]
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert 'timm-wae: error:' in proc.stderr
+    for text in expected:
+        assert text in proc.stderr
+
+
+def _errors(tmp_path, data, models):
+    no_weights = tmp_path / 'no_weights'
+    no_weights.mkdir()
+    (no_weights / 'config.json').write_text('{"architecture": "resnet18", "num_classes": 3}')
+    img = data / 'split' / 'ant' / 'img0.jpg'
+    return {
+        'eval unknown model': (['eval', 'resnt18', '--data', data / 'split'], ["unknown model 'resnt18'", 'resnet18']),
+        'eval unknown tag': (['eval', 'resnet18.nope', '--data', data / 'split'], ["tag 'nope'"]),
+        'eval missing folder': (['eval', tmp_path / 'gone' / 'model', '--data', data / 'split'], ['does not exist']),
+        'eval weights missing': (['eval', no_weights, '--data', data / 'split', '--img-size', 32],
+                                 ['model.safetensors']),
+        'eval classes': (['eval', 'resnet18', '--no-pretrained', '--num-classes', 2, '--data', data / 'split',
+                          '--img-size', 32, '--workers', 0, '-q'], ['3 classes', '2 outputs']),
+        'eval missing checkpoint': (['eval', 'resnet18', '--checkpoint', tmp_path / 'x.pth', '--data',
+                                     data / 'split'], ['x.pth', 'does not exist']),
+        'eval wrong checkpoint': (['eval', 'resnet34', '--checkpoint', models / 'const2.safetensors', '--data',
+                                   data / 'split'], ['const2.safetensors', 'do not fit']),
+        'bench bad device': (['bench', 'resnet18', '--device', 'tpu'], ['tpu']),
+        'visualize missing image': (['visualize', 'wae_resnet18', '--no-pretrained', '--images', tmp_path / 'no.jpg'],
+                                    ['no.jpg', 'does not exist']),
+        'visualize unreadable image': (['visualize', 'wae_resnet18', '--no-pretrained', '--images',
+                                        data / 'broken' / 'ant' / 'zz_corrupt.jpg'], ['cannot read image']),
+        'visualize plain model': (['visualize', 'resnet18', '--no-pretrained', '--images', img,
+                                   '--out', tmp_path / 'v'], ['no WAE front end']),
+        'visualize unknown model': (['visualize', 'wae_nothing', '--images', img], ["unknown model 'wae_nothing'"]),
+        'push missing folder': (['push', tmp_path / 'nofolder', 'me/x'], ['nofolder', 'does not exist']),
+        'push no weights': (['push', no_weights, 'me/x'], ['model.safetensors']),
+        'push bad repo id': (['push', models / 'const0', 'no-owner'], ['owner/name']),
+        'train no recipes': (['train', 'x.yaml'], ['recipes/train.py not found']),
+    }
+
+
+def test_user_error_matrix(tmp_path, data, models, capsys, monkeypatch):
+    """Every user error: status 2 and a message naming the problem (in-process: no interpreter start-up)."""
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('TIMM_WAE_RECIPES', str(tmp_path / 'no_recipes_here'))
+    monkeypatch.delenv('TIMM_WAE_DEBUG', raising=False)
+    failures = []
+    for name, (argv, expected) in _errors(tmp_path, data, models).items():
+        status = cli.main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        missing = [t for t in expected if t not in err]
+        if status != 2 or 'timm-wae: error:' not in err or missing:
+            failures.append(f'{name}: status {status}, missing {missing} in:\n{err}')
+    assert not failures, '\n'.join(failures)
+
+
+def test_argument_errors_are_argparse_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(['bench', 'resnet18', '--batch-sizes', '0,x'])
+    assert exc.value.code == 2
+    assert '--batch-sizes' in capsys.readouterr().err

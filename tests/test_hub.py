@@ -1,0 +1,201 @@
+"""Weights through every door, against a real Hub-compatible HTTP server on 127.0.0.1.
+
+huggingface_hub reads HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE when imported, so the client side
+runs in subprocesses with the environment set first (tests/hub_server.py).
+"""
+import socket
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import timm_wae
+from hub_server import HubServer, client_env, run_client
+from timm_wae.hub import WeightsError, create_model, load_weights, save_pretrained
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+PUSH_AND_LOAD = """
+import timm, torch, torchvision, timm_wae
+from timm_wae.hub import push_model, WeightsError
+torch.manual_seed(0)
+x = torch.randn(2, 3, 64, 64)
+outputs = lambda m: m.eval()(x).tolist()
+
+model = timm.create_model('wae_resnet18.imagenette')
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * 0.01)
+reference = outputs(model)
+push_model(model, 'timm-wae/wae_resnet18.imagenette', model_card={'results': 'test push'})
+
+by_tag = timm.create_model('wae_resnet18.imagenette', pretrained=True)
+by_hf_hub = timm.create_model('hf-hub:timm-wae/wae_resnet18.imagenette', pretrained=True)
+by_torchvision = torchvision.models.get_model('wae_resnet18', weights='IMAGENETTE')
+by_torch_hub = torch.hub.load(repo_root, 'wae_resnet18', source='local', pretrained=True, tag='imagenette')
+
+custom = timm_wae.WAEWrapper('regnetx_002', num_classes=3)
+custom_ref = outputs(custom)
+push_model(custom, 'someone/custom-wae')
+custom_back = timm.create_model('hf-hub:someone/custom-wae', pretrained=True)
+
+try:
+    timm.create_model('wae_resnet50.imagenette', pretrained=True)
+    missing = None
+except WeightsError as e:
+    missing = str(e)
+with torch.no_grad():
+    result = dict(
+        reference=reference, by_tag=outputs(by_tag), by_hf_hub=outputs(by_hf_hub),
+        by_torchvision=outputs(by_torchvision), by_torch_hub=outputs(by_torch_hub),
+        hf_hub_arch=type(by_hf_hub.backbone).__name__,
+        custom_ref=custom_ref, custom_back=outputs(custom_back),
+        custom_backbone=custom_back.backbone.pretrained_cfg['architecture'], missing=missing,
+    )
+"""
+
+FROM_CACHE = """
+import timm, torch, timm_wae
+torch.manual_seed(0)
+x = torch.randn(2, 3, 64, 64)
+model = timm.create_model('wae_resnet18.imagenette', pretrained=True).eval()
+with torch.no_grad():
+    result = dict(out=model(x).tolist())
+"""
+
+UNREACHABLE = """
+import timm, timm_wae
+from timm_wae.hub import HubUnavailableError
+try:
+    timm.create_model('wae_resnet18.imagenette', pretrained=True)
+    result = dict(error=None)
+except HubUnavailableError as e:
+    result = dict(error=str(e))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_push_then_download_through_timm_hf_hub_torchvision_and_torch_hub_then_cache(tmp_path):
+    hf_home = tmp_path / 'hf'
+    with HubServer(tmp_path / 'hub') as server:
+        res = run_client(PUSH_AND_LOAD, client_env(hf_home, server.url), repo_root=REPO_ROOT)
+        assert (tmp_path / 'hub' / 'timm-wae' / 'wae_resnet18.imagenette' / 'model.safetensors').is_file()
+        readme = (tmp_path / 'hub' / 'timm-wae' / 'wae_resnet18.imagenette' / 'README.md').read_text()
+    for door in ('by_tag', 'by_hf_hub', 'by_torchvision', 'by_torch_hub'):
+        assert res[door] == res['reference'], door
+    assert res['hf_hub_arch'] == 'ResNet'
+    assert res['custom_back'] == res['custom_ref'] and res['custom_backbone'] == 'regnetx_002'
+    assert 'no weights for wae_resnet50' in res['missing'] and 'pretrained_cfg_overlay' in res['missing']
+    assert 'test push' in readme and 'wae_resnet18' in readme
+
+    # the server is gone: the second download comes from the cache
+    cached = run_client(FROM_CACHE, client_env(hf_home, server.url, offline=True))
+    assert cached['out'] == res['reference']
+
+
+def test_unreachable_hub_says_so_and_how_to_use_a_local_file(tmp_path):
+    env = client_env(tmp_path / 'empty-cache', f'http://127.0.0.1:{_free_port()}')
+    env['HF_HUB_ETAG_TIMEOUT'] = env['HF_HUB_DOWNLOAD_TIMEOUT'] = '2'
+    res = run_client(UNREACHABLE, env)
+    assert res['error'] and 'could not reach the Hugging Face Hub' in res['error']
+    assert "pretrained_cfg_overlay=dict(file=" in res['error']
+
+
+# ----------------------------------------------------------------------------- local files
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('saved')
+    model = timm.create_model('wae_resnet18', num_classes=4).eval()
+    save_pretrained(model, folder, model_card={'recipe': 'three stages'})
+    return model, folder
+
+
+def test_saved_folder_has_the_hub_layout_and_reloads_identically(saved):
+    model, folder = saved
+    assert {p.name for p in folder.iterdir()} == {'config.json', 'model.safetensors', 'README.md'}
+    x = torch.randn(1, 3, 64, 64)
+    again = create_model(str(folder)).eval()
+    via_overlay = timm.create_model('wae_resnet18', num_classes=4, pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors'), num_classes=4)).eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x)) and torch.equal(via_overlay(x), model(x))
+    assert 'three stages' in (folder / 'README.md').read_text()
+
+
+def test_truncated_file_is_an_error_naming_the_file(saved, tmp_path):
+    _, folder = saved
+    broken = tmp_path / 'broken.safetensors'
+    broken.write_bytes((folder / 'model.safetensors').read_bytes()[:5000])
+    with pytest.raises(WeightsError, match='broken.safetensors.*truncated or corrupt'):
+        load_weights(timm.create_model('wae_resnet18', num_classes=4), broken)
+
+
+def test_checkpoint_of_another_architecture_or_class_count_is_refused(saved):
+    _, folder = saved
+    weights = str(folder / 'model.safetensors')
+    with pytest.raises(WeightsError, match='do not fit wae_resnet34: .* missing'):
+        load_weights(timm.create_model('wae_resnet34', num_classes=4), weights)
+    with pytest.raises(WeightsError, match=r'another shape .*class count differs'):
+        load_weights(timm.create_model('wae_resnet18', num_classes=7), weights)
+    with pytest.raises(WeightsError, match='do not fit wae_resnet34'):
+        timm.create_model('wae_resnet34', num_classes=4, pretrained=True, pretrained_cfg_overlay=dict(file=weights))
+
+
+def test_missing_and_unexpected_keys_are_never_a_silent_partial_load(saved, tmp_path):
+    model, _ = saved
+    state = dict(model.state_dict())
+    state.pop('fusion_head.head.fc.bias')
+    state['extra.weight'] = torch.zeros(1)
+    path = tmp_path / 'partial.safetensors'
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(WeightsError, match=r"1 missing \(e.g. \['fusion_head.head.fc.bias'\]\), 1 unexpected"):
+        load_weights(timm.create_model('wae_resnet18', num_classes=4), path)
+
+
+def test_legacy_pth_loads_with_weights_only_and_pickled_objects_are_refused(saved, tmp_path):
+    model, _ = saved
+    good = tmp_path / 'legacy.pth'
+    torch.save({'state_dict': model.state_dict()}, good)
+    fresh = load_weights(timm.create_model('wae_resnet18', num_classes=4), good)
+    assert torch.equal(fresh.state_dict()['backbone.fc.weight'], model.state_dict()['backbone.fc.weight'])
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': model.state_dict(), 'obj': socket.socket}, evil)
+    with pytest.raises(WeightsError, match='evil.pth'):
+        load_weights(timm.create_model('wae_resnet18', num_classes=4), evil)
+
+
+def test_wrapper_on_a_pretrained_backbone_starts_from_its_weights(tmp_path):
+    source = timm.create_model('resnet18')
+    path = tmp_path / 'resnet18.safetensors'
+    save_file(source.state_dict(), str(path))
+    backbone = timm.create_model('resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    model = timm_wae.WAEWrapper(backbone)
+    for k, v in source.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[k], v)
+    fresh = timm_wae.WAEWrapper(timm.create_model('resnet18'))
+    assert not torch.equal(fresh.ih_branch.conv1.weight, model.ih_branch.conv1.weight)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'wae_resnet9000'"):
+        create_model('wae_resnet9000')
+
+
+def test_torchvision_weights_describe_themselves_as_data():
+    import torchvision
+    enum = torchvision.models.get_model_weights('wae_resnet18')
+    weights = enum.IMAGENETTE
+    assert weights.meta['categories'][0] == 'tench' and len(weights.meta['categories']) == 10
+    built = torchvision.models.get_model('wae_resnet18', num_classes=10)
+    assert weights.meta['num_params'] == sum(p.numel() for p in built.parameters())
+    assert weights.transforms().crop_size == [128]
+    assert torchvision.models.get_weight('WAE_ResNet18_Weights.IMAGENETTE') is weights
+    assert 'wae_vgg16' in torchvision.models.list_models()
