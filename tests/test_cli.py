@@ -164,6 +164,19 @@ def test_eval_constant_classifier_gives_exact_errors(data, models, tmp_path):
     assert res['wrong']['top1_err'] == 100.0
 
 
+def test_eval_maps_wordnet_folders_to_imagenet_indices(tmp_path):
+    """Imagenette-style folders (WordNet ids) are scored against an ImageNet model's own indices."""
+    from timm.data import ImageNetInfo
+    synsets = ImageNetInfo('imagenet-1k').label_names()
+    target = 217  # any index but 0: the identity mapping would score the single folder as class 0
+    _write_images(tmp_path / 'val' / synsets[target], 3, seed=5)
+    rows = evaluate(_constant_model(target, num_classes=1000), tmp_path / 'val', img_size=32, workers=0,
+                    progress=False)
+    assert rows[0]['label_map'] == 'ImageNet WordNet ids' and rows[0]['top1_err'] == 0.0
+    rows = evaluate(_constant_model(0, num_classes=1000), tmp_path / 'val', img_size=32, workers=0, progress=False)
+    assert rows[0]['top1_err'] == 100.0
+
+
 class _Probe(nn.Module):
     """Records what the model sees; answers class 0."""
 

@@ -159,7 +159,8 @@ def load_model(spec: str, pretrained: bool, checkpoint: Optional[str] = None, **
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         if os.environ.get('TIMM_WAE_DEBUG'):
             raise
-        hint = ' (pass --no-pretrained for random weights, or --checkpoint FILE)' if pretrained else ''
+        hint = (' (for random weights: --no-pretrained in eval/visualize, no --pretrained in bench; or load '
+                'a file with --checkpoint FILE)') if pretrained and not isinstance(e, TypeError) else ''
         raise CLIError(f'could not load model {spec!r}: {e}{hint}') from None
     if checkpoint is not None:
         try:
@@ -457,12 +458,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------- parser
+def _wrap(text: str) -> str:
+    import textwrap
+    return textwrap.fill(text, 100)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=fmt, epilog=EPILOG,
-        description='Wavelet-like Auto-Encoder (Chen et al., AAAI 2018) models and their timm baselines: '
-                    'benchmark, evaluate, visualise, publish, train.')
+        description=_wrap('Wavelet-like Auto-Encoder (Chen et al., AAAI 2018) models and their timm baselines: '
+                    'benchmark, evaluate, visualise, publish, train.'))
     from . import __version__
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
@@ -477,9 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     # bench
     p = sub.add_parser(
         'bench', formatter_class=fmt, help='latency, throughput, params and MACs; WAE speed-up vs its backbone',
-        description='Time MODELs interleaved call by call (median and p90 after warm-up); each WAE model is '
-                    'compared with its own backbone (timm.create_model(backbone architecture)), timmed in the '
-                    'same loop. Prints a Markdown table; --json writes the same numbers.',
+        description=_wrap('Time MODELs interleaved call by call (median and p90 after warm-up); each WAE model is '
+                    'compared with its own backbone (timm.create_model(backbone architecture)), timed in the '
+                    'same loop. Prints a Markdown table; --json writes the same numbers.'),
         epilog='example:\n  timm-wae bench wae_resnet50 --batch-sizes 1,8 --dtypes fp32,bf16 --channels-last both '
                '--json bench.json')
     p.add_argument('models', nargs='+', metavar='MODEL')
@@ -502,13 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     # eval
     p = sub.add_parser(
         'eval', formatter_class=fmt, help='top-1/top-5 error on an ImageFolder, clean and with Gaussian noise',
-        description="Top-1 and top-5 error on ROOT/<class>/<image> with the model's own eval transform. "
+        description=_wrap("Top-1 and top-5 error on ROOT/<class>/<image> with the model's own eval transform. "
                     '--noise gives VARIANCES V of zero-mean Gaussian noise added to the image in [0, 1] '
                     '(std = sqrt(V)), clamped to [0, 1] unless --no-clamp, then normalised with the data '
                     "config's mean/std: one row per level (the paper's Table 7). The noise of each image is "
                     'fixed by --seed and its index, the same field scaled for every level. Folder classes map to '
                     'model outputs by sorted index when the counts match, or by WordNet id for ImageNet models '
-                    '(e.g. Imagenette folders).',
+                    '(e.g. Imagenette folders).'),
         epilog='example:\n  timm-wae eval wae_resnet18.imagenette --data data/imagenette160/val '
                '--noise 0,0.01,0.02,0.05,0.1 --json noise.json')
     p.add_argument('models', nargs='+', metavar='MODEL')
@@ -533,9 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     # visualize
     p = sub.add_parser(
         'visualize', formatter_class=fmt, help="IL, IH, reconstruction (and the 9/7 DWT): the paper's Figs. 3-4",
-        description='Per image: input, IL and IH (each min-max stretched per image), the energy share of IH '
+        description=_wrap('Per image: input, IL and IH (each min-max stretched per image), the energy share of IH '
                     '(sum IH^2 / (sum IL^2 + sum IH^2) before standardisation), and the reconstruction with its '
-                    'PSNR against the input in [0, 1]; --compare adds the 9/7 DWT cA and |cH|+|cV|+|cD|.',
+                    'PSNR against the input in [0, 1]; --compare adds the 9/7 DWT cA and |cH|+|cV|+|cD|.'),
         epilog='example:\n  timm-wae visualize wae_resnet18.imagenette --images a.jpg b.jpg --compare --out figures/')
     p.add_argument('model', metavar='MODEL')
     p.add_argument('--images', nargs='+', required=True, metavar='FILE')
@@ -551,8 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     # push
     p = sub.add_parser(
         'push', formatter_class=fmt, help='upload a model folder to the Hugging Face Hub',
-        description='Upload FOLDER (config.json + model.safetensors + README.md) to the Hub repo owner/name '
-                    '(created if needed) with timm_wae.hub.push_to_hub. Honours HF_TOKEN and HF_ENDPOINT.',
+        description=_wrap('Upload FOLDER (config.json + model.safetensors + README.md) to the Hub repo owner/name '
+                    '(created if needed) with timm_wae.hub.push_to_hub. Honours HF_TOKEN and HF_ENDPOINT.'),
         epilog='example:\n  timm-wae push runs/wae_resnet18_imagenette me/wae_resnet18.imagenette')
     p.add_argument('folder', metavar='FOLDER')
     p.add_argument('repo_id', metavar='OWNER/NAME')
@@ -563,9 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     # train
     p = sub.add_parser(
         'train', formatter_class=fmt, help='run a training recipe: accelerate launch recipes/train.py CONFIG ...',
-        description='A thin door to the recipes: runs `accelerate launch <repo>/recipes/train.py CONFIG '
+        description=_wrap('A thin door to the recipes: runs `accelerate launch <repo>/recipes/train.py CONFIG '
                     '[key=value ...]` (CONFIG may be a path or a name under recipes/configs/). Options for '
-                    'train.py itself go after "--".',
+                    'train.py itself go after "--".'),
         epilog='examples:\n  timm-wae train recipes/configs/wae_resnet18_imagenette.yaml epochs=3\n'
                '  timm-wae train wae_resnet18_imagenette --launcher-args "--num_processes 2" -- --help')
     p.add_argument('config', metavar='CONFIG')

@@ -185,6 +185,7 @@ def evaluate(
     folder = ImageFolder(str(check_image_folder(root)), transform=transform, loader=read_image)
     dataset = per_class_subset(folder, max_per_class)
     mapping = label_mapping(folder.classes, model)
+    label_map = 'sorted folder index' if mapping is None else 'ImageNet WordNet ids'
     mapping = torch.tensor(mapping) if mapping is not None else None
 
     num_classes = getattr(model, 'num_classes', None) or 0
@@ -244,6 +245,7 @@ def evaluate(
             'k': k,
             'count': count,
             'classes': len(folder.classes),
+            'label_map': label_map,
             'img_size': data_config['input_size'][-1],
             'clamp': clamp,
             'seed': seed,

@@ -1,0 +1,716 @@
+"""Train a WAE classifier (Chen et al., AAAI 2018) or one of the paper's baselines.
+
+    accelerate launch [accelerate options] recipes/train.py recipes/configs/NAME.yaml [key=value ...]
+
+One config file per experiment (recipes/configs/, every field documented in recipes/README.md);
+dotted ``key=value`` arguments override any field (``data.max_per_class=20 stage2.epochs=3``).
+The run is up to three stages, each starting from the previous stage's saved model:
+
+    stage 1   the WAE alone (encoder + decoder) on the transform loss  Lt = lr + λ·le
+    stage 2   the classifier on  Lc = CE(sL) + CE(sc), the WAE frozen (``train_front_end`` trains
+              the encoder too, on Lc only: the Decomposition+CNN baseline)
+    stage 3   everything on  Lc + γ·Lt, small learning rate
+
+Read top to bottom: configuration, data, model and losses, checkpoints and metrics, evaluation,
+one stage's training loop, main. Every stage checkpoints (atomically) at each epoch end and every
+``checkpoint_every`` steps; ``resume=true`` continues a killed run exactly where its last
+checkpoint was (data order and augmentation are a function of (seed, epoch), not of the process).
+"""
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
+
+import numpy as np
+import timm
+import timm.data
+import torch
+import torch.nn.functional as F
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from timm_wae import WAEWrapper
+from timm_wae.data import (SeededBatchSampler, SeededTransform, cached_image_folder, dataset_classes, image_folder,
+                           loader_throughput, tensor_transform)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # relative paths in configs are relative to this
+
+
+# =============================================================================== configuration
+@dataclass
+class DataConfig:
+    root: str = '../shared/data/imagenette160'  # ImageFolder root holding the two splits below
+    train_split: str = 'train'
+    val_split: str = 'val'
+    img_size: int = 128                 # training crop and eval crop (the WAE's input; IL is half)
+    crop_pct: Optional[float] = None    # eval: resize to img_size / crop_pct, centre crop; None: model's
+    interpolation: Optional[str] = None  # None: the model's data config (bicubic for resnets)
+    scale: Tuple[float, float] = (0.35, 1.0)   # random-resized-crop area range
+    ratio: Tuple[float, float] = (0.75, 1.3333333)
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    max_per_class: Optional[int] = None       # first N train images per class (quick runs)
+    val_max_per_class: Optional[int] = None   # None: same as max_per_class
+    cache: bool = True                  # decode once to uint8 arrays on disk, augment uint8 tensors
+    cache_dir: Optional[str] = None     # None: $TIMM_WAE_CACHE or ~/.cache/timm_wae/decoded
+    cache_size: Optional[int] = None    # cached image side; None: floor(img_size / crop_pct)
+    workers: int = 1                    # DataLoader worker processes per training process
+    eval_batch_size: int = 128          # per process
+
+
+@dataclass
+class ModelConfig:
+    type: str = 'wae'                   # 'wae': WAEWrapper; 'timm': the plain backbone (full resolution)
+    backbone: str = 'resnet18'
+    front_end: str = 'wae'              # 'wae' (learned), 'dwt97' (Wavelet+CNN), 'resize' (IR)
+    use_ih: bool = True                 # False: no IH branch or fusion head (IL only, IR)
+    num_classes: Optional[int] = None   # None: the number of class folders
+    pretrained_backbone: bool = False
+    wae_width: int = 16
+    width_divisor: int = 4
+    energy_weight: float = 0.25         # λ on per-element means (= the paper's λ = 1 on sums)
+    drop_rate: float = 0.0
+    channels_last: bool = False
+
+
+@dataclass
+class StageConfig:
+    epochs: int = 1
+    batch_size: int = 64                # global: split over the processes
+    opt: str = 'sgd'                    # any timm.optim.create_optimizer_v2 name
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    sched: str = 'cosine'               # any timm.scheduler.create_scheduler_v2 name
+    step_on_epochs: bool = False        # False: the schedule moves every update
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    decay_epochs: float = 10.0          # 'step' schedule: multiply by decay_rate every decay_epochs
+    decay_rate: float = 0.1
+    clip_grad: Optional[float] = None   # max gradient norm
+    max_steps_per_epoch: Optional[int] = None  # cut each epoch short (stage 1 on a budget)
+    gamma: float = 0.0                  # stage 3: weight of Lt in Lc + γ·Lt
+    train_front_end: bool = False       # stage 2: also train the WAE encoder, on Lc only
+
+
+@dataclass
+class DebugConfig:
+    nan_at_step: Optional[int] = None   # make the loss NaN at this global step of every stage (tests)
+
+
+@dataclass
+class Config:
+    output_dir: str = 'runs/wae'
+    stages: List[int] = field(default_factory=lambda: [1, 2, 3])
+    mode: str = 'train'                 # 'train', 'eval' (init_from on the val split), 'loader' (time the loader)
+    init_from: Optional[str] = None     # Hub-layout folder (or .safetensors) the first stage starts from
+    resume: bool = False
+    seed: int = 0
+    log_every: int = 20                 # steps between train metric lines
+    checkpoint_every: int = 0           # steps between mid-epoch checkpoints (0: epoch ends only)
+    loader_batches: int = 50            # mode=loader: batches to time
+    find_unused_parameters: bool = False
+    push_to_hub: Optional[str] = None   # 'owner/name': push the last stage's model
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(
+        epochs=2, batch_size=16, lr=0.1, sched='step', decay_epochs=1, step_on_epochs=True))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(
+        epochs=20, batch_size=64, lr=0.1, sched='cosine', warmup_epochs=1))
+    stage3: StageConfig = field(default_factory=lambda: StageConfig(
+        epochs=2, batch_size=64, lr=1e-4, sched='cosine', gamma=82.0))
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def stage(self, n: int) -> StageConfig:
+        return getattr(self, f'stage{n}')
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Turn YAML values into the field's type (YAML reads 1e-4 as a string, lists for tuples)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f'{where} must be a mapping, got {value!r}')
+        return from_dict(tp, value, where + '.')
+    if origin in (list, tuple):
+        value = value if isinstance(value, (list, tuple)) else [value]
+        return origin(_coerce(v, args[0], where) for v in value)
+    try:
+        if tp is bool:
+            if isinstance(value, str) and value.lower() in ('true', 'false'):
+                return value.lower() == 'true'
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if tp in (int, float):
+            if isinstance(value, bool) or (tp is int and isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return tp(float(value)) if tp is int else tp(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f'{where} must be {getattr(tp, "__name__", tp)}, got {value!r}') from None
+    return value
+
+
+def from_dict(cls: type, values: Dict[str, Any], prefix: str = '') -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f'unknown config field(s) {[prefix + k for k in unknown]}; '
+                         f'{prefix or "top level"} fields are: {sorted(known)}')
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in values.items()})
+
+
+def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
+    """The YAML file, then ``key=value`` overrides (values parsed as YAML), as a checked Config."""
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides:
+        key, sep, raw = item.partition('=')
+        if not sep or not key:
+            raise ValueError(f'expected key=value, got {item!r}')
+        node = values
+        *parents, leaf = key.split('.')
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f'{key}: {p} is not a section')
+        node[leaf] = yaml.safe_load(raw)
+    cfg = from_dict(Config, values)
+    if cfg.mode not in ('train', 'eval', 'loader'):
+        raise ValueError(f"mode must be 'train', 'eval' or 'loader', got {cfg.mode!r}")
+    bad = [s for s in cfg.stages if s not in (1, 2, 3)]
+    if bad or list(cfg.stages) != sorted(set(cfg.stages)):
+        raise ValueError(f'stages must be an increasing subset of [1, 2, 3], got {cfg.stages}')
+    if cfg.model.type not in ('wae', 'timm'):
+        raise ValueError(f"model.type must be 'wae' or 'timm', got {cfg.model.type!r}")
+    learns_wae = cfg.model.type == 'wae' and cfg.model.front_end == 'wae'
+    for s in cfg.stages:
+        if s in (1, 3) and not learns_wae:
+            raise ValueError(f'stage {s} trains the WAE with the transform loss; model.type={cfg.model.type!r} '
+                             f'front_end={cfg.model.front_end!r} has no WAE: use stages: [2]')
+    return cfg
+
+
+def resolve(path: Optional[str]) -> Optional[Path]:
+    return None if path is None else (REPO_ROOT / Path(path).expanduser()).resolve()
+
+
+# =============================================================================== data
+def model_data_config(model: nn.Module, cfg: DataConfig) -> Dict[str, Any]:
+    """timm's data config of the model at our image size (mean, std, interpolation, crop_pct)."""
+    dc = timm.data.resolve_model_data_config(model)
+    dc['input_size'] = (3, cfg.img_size, cfg.img_size)
+    if cfg.crop_pct is not None:
+        dc['crop_pct'] = cfg.crop_pct
+    if cfg.interpolation is not None:
+        dc['interpolation'] = cfg.interpolation
+    return dc
+
+
+def build_datasets(cfg: DataConfig, dc: Dict[str, Any], accelerator: Accelerator):
+    """(train dataset keyed by (index, seed), val dataset, class names)."""
+    root = resolve(cfg.root)
+    val_max = cfg.val_max_per_class if cfg.val_max_per_class is not None else cfg.max_per_class
+    aug = dict(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+               interpolation=dc['interpolation'], mean=dc['mean'], std=dc['std'])
+    if cfg.cache:
+        size = cfg.cache_size or math.floor(cfg.img_size / dc['crop_pct'])
+        cache = dict(size=size, cache_dir=resolve(cfg.cache_dir), interpolation=dc['interpolation'],
+                     workers=cfg.workers)
+        with accelerator.main_process_first():  # the main process decodes, the others then read
+            train = cached_image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class, **cache)
+            val = cached_image_folder(root / cfg.val_split, max_per_class=val_max, **cache,
+                                      transform=tensor_transform(cfg.img_size, False, crop_pct=dc['crop_pct'], **{
+                                          k: aug[k] for k in ('interpolation', 'mean', 'std')}))
+        train_tf = tensor_transform(cfg.img_size, True, **aug)
+    else:
+        train = image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class)
+        val = image_folder(root / cfg.val_split, max_per_class=val_max,
+                           transform=timm.data.create_transform(**dc, is_training=False))
+        train_tf = timm.data.create_transform(dc['input_size'], is_training=True, **aug)
+    if dataset_classes(train) != dataset_classes(val):
+        raise ValueError(f'train and val splits of {root} have different classes')
+    return SeededTransform(train, train_tf), val, dataset_classes(train)
+
+
+def train_loader(dataset, batch_size: int, cfg: Config, accelerator: Accelerator) -> DataLoader:
+    sampler = SeededBatchSampler(len(dataset), batch_size, seed=cfg.seed, rank=accelerator.process_index,
+                                 world_size=accelerator.num_processes)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
+                      persistent_workers=cfg.data.workers > 0, pin_memory=accelerator.device.type == 'cuda',
+                      generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
+
+
+# =============================================================================== model and losses
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    if cfg.type == 'timm':  # the full-resolution baseline: the backbone itself
+        return timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, num_classes=num_classes,
+                                 drop_rate=cfg.drop_rate)
+    return WAEWrapper(cfg.backbone, num_classes=num_classes, front_end=cfg.front_end, use_ih=cfg.use_ih,
+                      width_divisor=cfg.width_divisor, energy_weight=cfg.energy_weight, drop_rate=cfg.drop_rate,
+                      wae_width=cfg.wae_width, pretrained_backbone=cfg.pretrained_backbone)
+
+
+def set_trainable(model: nn.Module, stage: int, sc: StageConfig) -> bool:
+    """requires_grad for the stage; returns True when the WAE is frozen (kept in eval mode)."""
+    wae = getattr(model, 'wae', None) if isinstance(model, WAEWrapper) and model.front_end_name == 'wae' else None
+    model.requires_grad_(stage != 1)
+    if stage == 1:
+        wae.requires_grad_(True)
+    elif stage == 2 and wae is not None:
+        if not sc.train_front_end:
+            wae.requires_grad_(False)
+            return True
+        wae.decoder.requires_grad_(False)  # Decomposition+CNN: encoder on Lc only, no decoder
+    return False
+
+
+class Objective(nn.Module):
+    """One stage's loss as a module: DDP must see the forward that uses the trained parameters."""
+
+    def __init__(self, model: nn.Module, stage: int, gamma: float = 0., frozen_wae: bool = False):
+        super().__init__()
+        self.model, self.stage, self.gamma, self.frozen_wae = model, stage, gamma, frozen_wae
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_wae:
+            self.model.wae.eval()
+        return self
+
+    def forward(self, x: Tensor, y: Tensor) -> Dict[str, Tensor]:
+        m = self.model
+        if self.stage == 1:  # the WAE alone, decoder included
+            low, high = m.wae(x)
+            t = m.transform_loss(x, m.wae.reconstruct(low, high, x.shape[-2:]), high)
+            return {'loss': t.loss, 'lt_recon': t.recon, 'lt_energy': t.energy}
+        if not isinstance(m, WAEWrapper):  # plain timm model
+            logits = m(x)
+            lc = F.cross_entropy(logits, y)
+            return {'loss': lc, 'lc': lc, 'logits': logits}
+        out = m.forward_train(x, reconstruct=self.stage == 3)
+        lc = m.classification_loss(out, y)
+        if self.stage == 2:
+            return {'loss': lc, 'lc': lc, 'logits': out.logits}
+        t = m.compute_transform_loss(x, out)
+        return {'loss': lc + self.gamma * t.loss, 'lc': lc, 'lt': t.loss, 'lt_recon': t.recon,
+                'lt_energy': t.energy, 'logits': out.logits}
+
+
+def topk_correct(logits: Tensor, target: Tensor, k: int) -> Tensor:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == target[:, None]).any(dim=1).float()
+
+
+# =============================================================================== checkpoints and metrics
+@dataclass
+class Progress:
+    """Where a stage is; saved in every checkpoint."""
+    epoch: int = 0                      # epochs completed
+    batch: int = 0                      # batches completed in the current epoch
+    step: int = 0                       # optimizer steps completed in the stage
+    metrics_bytes: int = 0              # size of metrics.jsonl when the checkpoint was written
+    meters: Dict[str, float] = field(default_factory=dict)  # this process's sums since the last train line
+
+
+class MetricsLog:
+    """metrics.jsonl in output_dir, written by the main process only."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.durable = 0  # bytes that belong to finished stages
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def truncate(self, nbytes: int) -> None:
+        """Drop lines written after the checkpoint being resumed (a killed run wrote them)."""
+        if self.enabled and self.path.exists():
+            with self.path.open('r+b') as f:
+                f.truncate(nbytes)
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open('a') as f:
+                f.write(json.dumps(record) + '\n')
+
+
+def rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {'python': random.getstate(), 'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state['python'])
+    name, keys, *rest = state['numpy']
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def save_checkpoint(folder: Path, accelerator: Accelerator, model: nn.Module, optimizer, scheduler,
+                    progress: Progress) -> None:
+    """Write everything into folder.tmp, then swap it in with os.replace: a kill at any moment
+    leaves either the previous checkpoint or the new one (folder.old during the swap)."""
+    tmp, old = folder.with_name(folder.name + '.tmp'), folder.with_name(folder.name + '.old')
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save({'rng': rng_state(), 'meters': progress.meters}, tmp / f'process-{accelerator.process_index}.pt')
+    if accelerator.is_main_process:
+        torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                    'scheduler': scheduler.state_dict(), 'progress': asdict(progress),
+                    'num_processes': accelerator.num_processes}, tmp / 'state.pt')
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(folder: Path, accelerator: Accelerator, model: nn.Module, optimizer, scheduler) -> Optional[Progress]:
+    old = folder.with_name(folder.name + '.old')
+    folder = folder if (folder / 'state.pt').exists() else old if (old / 'state.pt').exists() else None
+    if folder is None:
+        return None
+    state = torch.load(folder / 'state.pt', map_location='cpu', weights_only=True)
+    model.load_state_dict(state['model'])
+    optimizer.load_state_dict(state['optimizer'])
+    scheduler.load_state_dict(state['scheduler'])
+    progress = Progress(**state['progress'])
+    own = folder / f'process-{accelerator.process_index}.pt'
+    if state['num_processes'] == accelerator.num_processes and own.exists():
+        own = torch.load(own, weights_only=True)
+        set_rng_state(own['rng'])
+        progress.meters = own['meters']
+    else:
+        progress.meters = {}
+        accelerator.print(f'warning: {folder} was written by {state["num_processes"]} process(es); random '
+                          f'state and partial metrics are not restored: the run will not match an uninterrupted one')
+    return progress
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def save_model(model: nn.Module, folder: Path, cfg: Config, stage: int, classes: List[str],
+               dc: Dict[str, Any], results: Dict[str, Any], config_name: str) -> None:
+    """The stage's final model in the Hub layout (config.json, model.safetensors, README.md)."""
+    from timm_wae.hub import save_pretrained
+    model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=len(classes), label_names=list(classes),
+                                **{k: dc[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+    tmp = folder.with_name(folder.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    card = dict(
+        name=f'{config_name} (stage {stage})', dataset=Path(cfg.data.root).name,
+        license='other' if 'imagenette' in cfg.data.root else 'apache-2.0',
+        recipe=dict(config=config_name, stage=stage, stages=cfg.stages, model=asdict(cfg.model),
+                    data=asdict(cfg.data), training=asdict(cfg.stage(stage)), seed=cfg.seed),
+        results=results,
+    )
+    save_pretrained(model, tmp, model_card=card, data_config={k: dc[k] for k in (
+        'input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def load_init(model: nn.Module, path: Path) -> None:
+    from timm_wae.hub import load_weights
+    load_weights(model, path / 'model.safetensors' if path.is_dir() else path)
+
+
+# =============================================================================== evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, classify: bool, transform: bool,
+             channels_last: bool = False) -> Dict[str, float]:
+    """Val metrics over the whole split; per-sample values are gathered across processes
+    (gather_for_metrics drops the samples repeated to even out the last batch)."""
+    if accelerator.num_processes > 1:  # BatchNorm statistics: rank 0's, as in the saved model
+        for buf in model.buffers():
+            broadcast(buf, from_process=0)
+    model.eval()
+    names = (['ce', 'top1', 'top5'] if classify else []) + (['lt_recon', 'lt_energy'] if transform else [])
+    sums, count = torch.zeros(len(names), dtype=torch.float64), 0
+    for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        cols = []
+        with accelerator.autocast():
+            if classify:
+                logits = model(x).float()
+                cols += [F.cross_entropy(logits, y, reduction='none'), topk_correct(logits, y, 1),
+                         topk_correct(logits, y, 5)]
+            if transform:
+                low, high = model.wae(x)
+                recon = model.wae.reconstruct(low, high, x.shape[-2:])
+                cols += [(recon.float() - x.float()).pow(2).mean((1, 2, 3)), high.float().pow(2).mean((1, 2, 3))]
+        rows = accelerator.gather_for_metrics(torch.stack(cols, dim=1))
+        sums += rows.double().sum(0).cpu()
+        count += len(rows)
+    out = {n: (s / count).item() for n, s in zip(names, sums)}
+    for k in ('top1', 'top5'):
+        if k in out:
+            out[k] *= 100
+    if transform:
+        out['lt'] = out['lt_recon'] + model.transform_loss.energy_weight * out['lt_energy']
+    out['images'] = count
+    return out
+
+
+# =============================================================================== one stage
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, val_loader, classes: List[str],
+                dc: Dict[str, Any], init: Optional[Path], log: MetricsLog, config_name: str) -> Path:
+    """Train one stage (or finish it after a kill); returns the folder of its final model.
+
+    On resume, metrics.jsonl is cut back to what the state resumed from had written: lines a
+    killed run logged after its last checkpoint are written again, identically."""
+    sc, main = cfg.stage(stage), accelerator.is_main_process
+    stage_dir = resolve(cfg.output_dir) / f'stage{stage}'
+    final, done_file, ckpt_dir = stage_dir / 'model', stage_dir / 'done.json', stage_dir / 'checkpoint'
+    if cfg.resume and done_file.exists():
+        accelerator.print(f'stage {stage}: already done ({final})')
+        log.durable = json.loads(done_file.read_text())['metrics_bytes']
+        log.truncate(log.durable)
+        return final
+    stage_dir.mkdir(parents=True, exist_ok=True)
+
+    set_seed(cfg.seed + stage)
+    model = build_model(cfg.model, len(classes))
+    if init is not None:
+        load_init(model, init)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    frozen_wae = set_trainable(model, stage, sc)
+    objective = Objective(model, stage, sc.gamma, frozen_wae)
+
+    loader = train_loader(train_set, sc.batch_size, cfg, accelerator)
+    steps_per_epoch = min(loader.batch_sampler.batches_per_epoch, sc.max_steps_per_epoch or math.inf)
+    optimizer = create_optimizer_v2(model, opt=sc.opt, lr=sc.lr, weight_decay=sc.weight_decay,
+                                    momentum=sc.momentum)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=sc.sched, num_epochs=sc.epochs, decay_epochs=sc.decay_epochs, decay_rate=sc.decay_rate,
+        min_lr=sc.min_lr, warmup_lr=sc.warmup_lr, warmup_epochs=sc.warmup_epochs,
+        step_on_epochs=sc.step_on_epochs, updates_per_epoch=steps_per_epoch)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    progress = None
+    if cfg.resume:
+        progress = load_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler)
+        if progress is not None:
+            accelerator.print(f'stage {stage}: resuming at epoch {progress.epoch}, batch {progress.batch} '
+                              f'(step {progress.step}) from {ckpt_dir}')
+            log.truncate(progress.metrics_bytes)
+    if progress is None:
+        if cfg.resume:
+            log.truncate(log.durable)
+        progress = Progress(metrics_bytes=log.size())
+    n_train = sum(p.numel() for p in params)
+    accelerator.print(f'stage {stage}: {n_train / 1e6:.2f}M trainable parameters, {sc.epochs} epochs of '
+                      f'{steps_per_epoch} steps, batch {sc.batch_size} on {accelerator.num_processes} process(es)')
+
+    classify, transform = stage in (2, 3), stage in (1, 3)
+    checkpoint = lambda: save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, progress)  # noqa: E731
+    val = {}
+    for epoch in range(progress.epoch, sc.epochs):
+        loader.batch_sampler.set_epoch(epoch, progress.batch)
+        scheduler.step(epoch)
+        objective.train()
+        bar = tqdm(total=steps_per_epoch, initial=progress.batch, disable=not main, dynamic_ncols=True,
+                   desc=f'stage {stage} epoch {epoch + 1}/{sc.epochs}')
+        tick = time.perf_counter()
+        data_time = 0.
+        for x, y in loader:
+            if progress.batch >= steps_per_epoch:
+                break
+            x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
+            if cfg.model.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            data_time += time.perf_counter() - tick
+            scheduler.step_update(progress.step)
+            out = objective(x, y)
+            if cfg.debug.nan_at_step == progress.step:
+                out['loss'] = out['loss'] * float('nan')
+            loss = accelerator.reduce(out['loss'].detach().float(), 'mean').item()
+            if not math.isfinite(loss):
+                log.write({'stage': stage, 'epoch': epoch, 'step': progress.step, 'error': f'non-finite loss {loss}'})
+                last = ckpt_dir if (ckpt_dir / 'state.pt').exists() else None
+                raise NonFiniteLossError(
+                    f'stage {stage}: the loss is {loss} at step {progress.step} (epoch {epoch}, batch '
+                    f'{progress.batch}); stopped before updating the weights. Last good checkpoint: '
+                    f'{last or "none yet"}. Lower stage{stage}.lr (now {sc.lr}) or set stage{stage}.clip_grad, '
+                    f'then run again' + (' with resume=true.' if last else '.'))
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(out['loss'])
+            if sc.clip_grad:
+                accelerator.clip_grad_norm_(params, sc.clip_grad)
+            optimizer.step()
+
+            # metric sums since the last line; reduced across processes when a line is written
+            n = len(y)
+            m = progress.meters
+            for k, v in out.items():
+                if k != 'logits':
+                    m[k] = m.get(k, 0.) + v.item() * n
+            if 'logits' in out:
+                m['top1'] = m.get('top1', 0.) + topk_correct(out['logits'], y, 1).sum().item()
+                m['top5'] = m.get('top5', 0.) + topk_correct(out['logits'], y, 5).sum().item()
+            m['n'] = m.get('n', 0.) + n
+            m['time'] = m.get('time', 0.) + time.perf_counter() - tick
+            m['data_time'] = m.get('data_time', 0.) + data_time
+            progress.step += 1
+            progress.batch += 1
+            bar.update(1)
+            bar.set_postfix(loss=f'{loss:.4g}', lr=f'{optimizer.param_groups[0]["lr"]:.3g}', refresh=False)
+
+            if progress.step % cfg.log_every == 0 or progress.batch == steps_per_epoch:
+                keys = sorted(m)
+                tot = accelerator.reduce(torch.tensor([m[k] for k in keys], dtype=torch.float64,
+                                                      device=accelerator.device), 'sum').tolist()
+                tot = dict(zip(keys, tot))
+                wall = tot['time'] / accelerator.num_processes
+                rec = {'stage': stage, 'split': 'train', 'epoch': epoch, 'step': progress.step,
+                       **{k: tot[k] / tot['n'] for k in keys if k not in ('n', 'time', 'data_time')},
+                       'lr': optimizer.param_groups[0]['lr'], 'img_per_s': tot['n'] / wall,
+                       'data_frac': tot['data_time'] / tot['time']}
+                for k in ('top1', 'top5'):
+                    if k in rec:
+                        rec[k] *= 100
+                log.write(rec)
+                bar.set_postfix({k: f'{rec[k]:.4g}' for k in ('loss', 'lc', 'lt', 'top1', 'top5', 'lr', 'img_per_s')
+                                 if k in rec}, refresh=True)
+                progress.meters = {}
+            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 \
+                    and progress.batch < steps_per_epoch:
+                progress.metrics_bytes = log.size()
+                checkpoint()
+            tick, data_time = time.perf_counter(), 0.
+        bar.close()
+
+        progress.epoch, progress.batch = epoch + 1, 0
+        val = evaluate(model, val_loader, accelerator, classify, transform, cfg.model.channels_last)
+        log.write({'stage': stage, 'split': 'val', 'epoch': epoch, 'step': progress.step, **val})
+        accelerator.print(f'stage {stage} epoch {epoch + 1}/{sc.epochs} val: ' +
+                          ', '.join(f'{k} {v:.4g}' for k, v in val.items()))
+        bad = [k for k, v in val.items() if not math.isfinite(v)]
+        if bad or not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise NonFiniteLossError(f'stage {stage}: non-finite weights or val metrics {bad} after epoch {epoch}; '
+                                     f'the checkpoint of the previous epoch is kept')
+        progress.metrics_bytes = log.size()
+        checkpoint()
+
+    if main:
+        save_model(model, final, cfg, stage, classes, dc, val, config_name)
+        write_json_atomic(done_file, {'model': str(final), 'val': val, 'metrics_bytes': log.size()})
+    accelerator.wait_for_everyone()
+    log.durable = log.size()
+    accelerator.free_memory()
+    return final
+
+
+# =============================================================================== main
+def main(argv: List[str]) -> int:
+    if not argv or argv[0].startswith('-'):
+        print(__doc__, file=sys.stderr)
+        return 2
+    cfg = load_config(argv[0], argv[1:])
+    config_name = Path(argv[0]).stem
+    accelerator = Accelerator(kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)])
+    out_dir = resolve(cfg.output_dir)
+    log = MetricsLog(out_dir / 'metrics.jsonl', accelerator.is_main_process)
+    if log.size() and not cfg.resume and cfg.mode == 'train':  # every process sees the file: all stop
+        raise SystemExit(f'{out_dir} already has a run (metrics.jsonl); pass resume=true to continue it '
+                         f'or choose another output_dir')
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / 'config.yaml').write_text(yaml.safe_dump(json.loads(json.dumps(asdict(cfg))), sort_keys=False))
+    accelerator.wait_for_everyone()
+
+    # the data pipeline follows the model's timm data config (mean, std, interpolation, crop)
+    probe = build_model(cfg.model, cfg.model.num_classes or 2)
+    dc = model_data_config(probe, cfg.data)
+    del probe
+    train_set, val_set, classes = build_datasets(cfg.data, dc, accelerator)
+    if cfg.model.num_classes not in (None, len(classes)):
+        raise ValueError(f'model.num_classes={cfg.model.num_classes} but {cfg.data.root} has {len(classes)} classes')
+    accelerator.print(f'data: {len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, '
+                      f'{cfg.data.img_size} px, cache={"on" if cfg.data.cache else "off"}')
+    val_loader = accelerator.prepare(DataLoader(val_set, batch_size=cfg.data.eval_batch_size,
+                                                num_workers=cfg.data.workers))
+
+    if cfg.mode == 'loader':  # the loader alone, to compare with the training step's images/s
+        stage = cfg.stages[0] if cfg.stages else 2
+        loader = train_loader(train_set, cfg.stage(stage).batch_size, cfg, accelerator)
+        stats = loader_throughput(loader, cfg.loader_batches)
+        stats = {'mode': 'loader', 'cache': cfg.data.cache, 'workers': cfg.data.workers,
+                 'batch_size': cfg.stage(stage).batch_size, **stats}
+        log.write(stats)
+        accelerator.print(json.dumps(stats))
+        return 0
+    if cfg.mode == 'eval':
+        if cfg.init_from is None:
+            raise ValueError('mode=eval needs init_from (a model folder)')
+        model = build_model(cfg.model, len(classes))
+        load_init(model, resolve(cfg.init_from))
+        model = model.to(accelerator.device)
+        transform = isinstance(model, WAEWrapper) and model.front_end_name == 'wae'
+        val = evaluate(model, val_loader, accelerator, True, transform)
+        log.write({'mode': 'eval', 'split': 'val', 'init_from': cfg.init_from,
+                   'num_processes': accelerator.num_processes, **val})
+        accelerator.print(json.dumps(val))
+        return 0
+
+    init = resolve(cfg.init_from)
+    for stage in cfg.stages:
+        try:
+            init = train_stage(stage, cfg, accelerator, train_set, val_loader, classes, dc, init, log, config_name)
+        except NonFiniteLossError as e:
+            accelerator.print(f'error: {e}')
+            return 3
+    if cfg.push_to_hub and accelerator.is_main_process:
+        from timm_wae.hub import push_to_hub
+        url = push_to_hub(init, cfg.push_to_hub, commit_message=f'{config_name}: stages {cfg.stages}')
+        accelerator.print(f'pushed {init} to {cfg.push_to_hub}: {url}')
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
