@@ -344,7 +344,7 @@ class MetricsLog:
 
     def truncate(self, nbytes: int) -> None:
         """Drop lines written after the checkpoint being resumed (a killed run wrote them)."""
-        if self.enabled and self.path.exists():
+        if self.enabled and self.size() > nbytes:
             with self.path.open('r+b') as f:
                 f.truncate(nbytes)
 
@@ -505,7 +505,6 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
     if cfg.resume and done_file.exists():
         accelerator.print(f'stage {stage}: already done ({final})')
         log.durable = json.loads(done_file.read_text())['metrics_bytes']
-        log.truncate(log.durable)
         return final
     stage_dir.mkdir(parents=True, exist_ok=True)
 
@@ -568,13 +567,15 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
                 out['loss'] = out['loss'] * float('nan')
             loss = accelerator.reduce(out['loss'].detach().float(), 'mean').item()
             if not math.isfinite(loss):
+                bar.close()
                 log.write({'stage': stage, 'epoch': epoch, 'step': progress.step, 'error': f'non-finite loss {loss}'})
-                last = ckpt_dir if (ckpt_dir / 'state.pt').exists() else None
+                last = ckpt_dir if (ckpt_dir / 'state.pt').exists() else \
+                    f'none in this stage yet (it starts from {init or "scratch"})'
                 raise NonFiniteLossError(
                     f'stage {stage}: the loss is {loss} at step {progress.step} (epoch {epoch}, batch '
-                    f'{progress.batch}); stopped before updating the weights. Last good checkpoint: '
-                    f'{last or "none yet"}. Lower stage{stage}.lr (now {sc.lr}) or set stage{stage}.clip_grad, '
-                    f'then run again' + (' with resume=true.' if last else '.'))
+                    f'{progress.batch}); stopped before updating the weights. Last good checkpoint: {last}. '
+                    f'Lower stage{stage}.lr (now {sc.lr}) or set stage{stage}.clip_grad, then run again with '
+                    f'resume=true.')
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(out['loss'])
             if sc.clip_grad:
@@ -701,7 +702,8 @@ def main(argv: List[str]) -> int:
         try:
             init = train_stage(stage, cfg, accelerator, train_set, val_loader, classes, dc, init, log, config_name)
         except NonFiniteLossError as e:
-            accelerator.print(f'error: {e}')
+            if accelerator.is_main_process:
+                print(f'error: {e}', file=sys.stderr)
             return 3
     if cfg.push_to_hub and accelerator.is_main_process:
         from timm_wae.hub import push_to_hub

@@ -32,16 +32,16 @@ examples:
   timm-wae bench wae_vgg16 resnet50 --device cuda --img-size 224 --repeats 50 --json bench.json
 
   # top-1/top-5 error, clean and with Gaussian noise of variance V (the paper's Table 7)
-  timm-wae eval runs/wae_resnet18_imagenette --data data/imagenette160/val --noise 0,0.01,0.02,0.05,0.1
+  timm-wae eval runs/try/stage3/model --data data/imagenette160/val --noise 0,0.01,0.02,0.05,0.1
   timm-wae eval resnet50.a1_in1k --data data/imagenette160/val --max-per-class 50 --json eval.json
 
   # IL, IH (energy share), reconstruction (PSNR), and the 9/7 DWT beside them (Figures 3 and 4)
-  timm-wae visualize runs/wae_resnet18_imagenette --images a.jpg b.jpg --compare --out figures/
+  timm-wae visualize runs/try/stage3/model --images a.jpg b.jpg --compare --out figures/
   timm-wae visualize hf-hub:timm-wae/wae_resnet18.imagenette --images a.jpg b.jpg --out fig.png
 
   # publish a model folder; train with the recipes (accelerate launch recipes/train.py ...)
-  timm-wae push runs/wae_resnet18_imagenette me/wae_resnet18.imagenette
-  timm-wae train recipes/configs/wae_resnet18_imagenette.yaml epochs=3 batch_size=64
+  timm-wae push runs/try/stage3/model me/wae_resnet18.imagenette
+  timm-wae train recipes/configs/smoke.yaml data.max_per_class=4 output_dir=runs/try
 
 Run "timm-wae COMMAND --help" for a command's options.
 """
@@ -513,8 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
                     '(std = sqrt(V)), clamped to [0, 1] unless --no-clamp, then normalised with the data '
                     "config's mean/std: one row per level (the paper's Table 7). The noise of each image is "
                     'fixed by --seed and its index, the same field scaled for every level. Folder classes map to '
-                    'model outputs by sorted index when the counts match, or by WordNet id for ImageNet models '
-                    '(e.g. Imagenette folders).'),
+                    "model outputs by the model's label names (the recipes record them), else by sorted index "
+                    'when the counts match, else by WordNet id for ImageNet models (e.g. Imagenette folders).'),
         epilog='example:\n  timm-wae eval wae_resnet18.imagenette --data data/imagenette160/val '
                '--noise 0,0.01,0.02,0.05,0.1 --json noise.json')
     p.add_argument('models', nargs='+', metavar='MODEL')
@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
         'push', formatter_class=fmt, help='upload a model folder to the Hugging Face Hub',
         description=_wrap('Upload FOLDER (config.json + model.safetensors + README.md) to the Hub repo owner/name '
                     '(created if needed) with timm_wae.hub.push_to_hub. Honours HF_TOKEN and HF_ENDPOINT.'),
-        epilog='example:\n  timm-wae push runs/wae_resnet18_imagenette me/wae_resnet18.imagenette')
+        epilog='example:\n  timm-wae push runs/try/stage3/model me/wae_resnet18.imagenette')
     p.add_argument('folder', metavar='FOLDER')
     p.add_argument('repo_id', metavar='OWNER/NAME')
     p.add_argument('--message', default='Upload timm_wae model', help='commit message')
@@ -572,8 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap('A thin door to the recipes: runs `accelerate launch <repo>/recipes/train.py CONFIG '
                     '[key=value ...]` (CONFIG may be a path or a name under recipes/configs/). Options for '
                     'train.py itself go after "--".'),
-        epilog='examples:\n  timm-wae train recipes/configs/wae_resnet18_imagenette.yaml epochs=3\n'
-               '  timm-wae train wae_resnet18_imagenette --launcher-args "--num_processes 2" -- --help')
+        epilog='examples:\n  timm-wae train recipes/configs/smoke.yaml stage2.epochs=3 output_dir=runs/try\n'
+               '  timm-wae train smoke --launcher-args "--num_processes 2 --mixed_precision bf16"')
     p.add_argument('config', metavar='CONFIG')
     p.add_argument('overrides', nargs='*', metavar='key=value')
     p.add_argument('--launcher-args', metavar='"ARGS"', help='options for accelerate launch, as one string')
@@ -584,7 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value overrides may follow train's options (train CONFIG --dry-run a=1); nothing else may
+        if getattr(args, 'command', None) == 'train' and all('=' in e and not e.startswith('-') for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f'unrecognized arguments: {" ".join(extra)}')
     if not getattr(args, 'func', None):
         parser.print_help(sys.stderr)
         return 2

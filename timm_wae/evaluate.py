@@ -22,7 +22,7 @@ Every image is decoded once; all noise levels are evaluated on the same batch.
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -101,31 +101,38 @@ def _imagenet_synsets(model: nn.Module) -> Optional[List[str]]:
         return None
 
 
-def label_mapping(classes: Sequence[str], model: nn.Module) -> Optional[List[int]]:
-    """Folder class index -> model output index.
+def label_mapping(classes: Sequence[str], model: nn.Module) -> Tuple[Optional[List[int]], str]:
+    """Folder class index -> model output index, and how it was decided. In this order:
 
-    * ``num_classes == len(classes)``: identity (the model was trained on this folder's classes,
-      which ImageFolder sorts by name, as the recipes do).
+    * the model's ``pretrained_cfg['label_names']`` (the recipes record their classes there) name every
+      folder: each folder maps to its name's index;
+    * ``num_classes == len(classes)``: the identity (the model was trained on this folder's classes,
+      which ImageFolder sorts by name);
     * an ImageNet model and folder names that are its WordNet ids (e.g. Imagenette's ``n01440764``):
-      each folder maps to its ImageNet index.
-    * otherwise, fewer folder classes than model classes: identity, with a warning on stderr.
-    * more folder classes than model outputs: LabelMappingError.
-    Returns None for the identity.
+      each folder maps to its ImageNet index;
+    * fewer folder classes than model outputs: the identity, with a warning on stderr;
+    * otherwise LabelMappingError.
+    The mapping is None for the identity.
     """
     num_classes = getattr(model, 'num_classes', None)
+    names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    if names and len(names) == num_classes and all(c in names for c in classes):
+        index = {n: i for i, n in enumerate(names)}
+        mapping = [index[c] for c in classes]
+        return (None if mapping == list(range(len(classes))) else mapping), 'label names'
     if num_classes == len(classes):
-        return None
+        return None, 'sorted folder index'
     synsets = _imagenet_synsets(model)
     if synsets is not None and len(synsets) == num_classes and all(c in synsets for c in classes):
         index = {s: i for i, s in enumerate(synsets)}
-        return [index[c] for c in classes]
+        return [index[c] for c in classes], 'ImageNet WordNet ids'
     if num_classes is None or len(classes) > num_classes:
         raise LabelMappingError(
             f'the data has {len(classes)} classes but the model has {num_classes} outputs, and the folder '
-            f'names are not ImageNet WordNet ids it could be mapped by')
+            f'names are neither its label names nor ImageNet WordNet ids it could be mapped by')
     print(f'warning: the data has {len(classes)} classes and the model {num_classes} outputs; '
           f'assuming folder class i (sorted by name) is model class i', file=sys.stderr)
-    return None
+    return None, 'sorted folder index'
 
 
 def evaluate(
@@ -184,8 +191,7 @@ def evaluate(
     transform = eval_transform(data_config)
     folder = ImageFolder(str(check_image_folder(root)), transform=transform, loader=read_image)
     dataset = per_class_subset(folder, max_per_class)
-    mapping = label_mapping(folder.classes, model)
-    label_map = 'sorted folder index' if mapping is None else 'ImageNet WordNet ids'
+    mapping, label_map = label_mapping(folder.classes, model)
     mapping = torch.tensor(mapping) if mapping is not None else None
 
     num_classes = getattr(model, 'num_classes', None) or 0

@@ -203,11 +203,14 @@ def create_model(spec: str, pretrained: bool = True, **kwargs: Any) -> nn.Module
         arch = config.get('architecture')
         if not timm.is_model(arch):
             raise WeightsError(f'{config_file} names architecture {arch!r}, which is not a registered model')
-        args = dict(config.get('model_args', {}), num_classes=config.get('num_classes'), **kwargs)
+        args = dict(config.get('model_args', {}), num_classes=config.get('num_classes'))
+        args.update(kwargs)
         model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=config.get('pretrained_cfg'),
                                   **args)
         if pretrained:
-            load_weights(model, path / WEIGHTS_NAME)
+            weights = path / WEIGHTS_NAME
+            legacy = path / 'pytorch_model.bin'  # timm's save_for_hf default; read with weights_only
+            load_weights(model, weights if weights.is_file() or not legacy.is_file() else legacy)
         return model
     name = spec.split(':', 1)[1] if spec.startswith('hf-hub:') else spec
     if not spec.startswith('hf-hub:') and not timm.is_model(name.split('.')[0]):
