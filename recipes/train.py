@@ -66,7 +66,7 @@ class DataConfig:
     cache: bool = True                  # decode once to uint8 arrays on disk, augment uint8 tensors
     cache_dir: Optional[str] = None     # None: $TIMM_WAE_CACHE or ~/.cache/timm_wae/decoded
     cache_size: Optional[int] = None    # cached image side; None: floor(img_size / crop_pct)
-    workers: int = 1                    # DataLoader worker processes per training process
+    workers: int = 0                    # DataLoader worker processes per training process
     eval_batch_size: int = 128          # per process
 
 
@@ -109,6 +109,7 @@ class StageConfig:
 @dataclass
 class DebugConfig:
     nan_at_step: Optional[int] = None   # make the loss NaN at this global step of every stage (tests)
+    step_delay: float = 0.0             # sleep after every step: widens the window a kill test aims at
 
 
 @dataclass
@@ -127,11 +128,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(
-        epochs=2, batch_size=16, lr=0.1, sched='step', decay_epochs=1, step_on_epochs=True))
+        epochs=4, batch_size=16, opt='adamw', lr=2e-3, sched='step', decay_epochs=3, step_on_epochs=True))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(
-        epochs=20, batch_size=64, lr=0.1, sched='cosine', warmup_epochs=1))
+        epochs=20, batch_size=64, lr=0.1, sched='cosine', warmup_epochs=1, warmup_lr=0.01))
     stage3: StageConfig = field(default_factory=lambda: StageConfig(
-        epochs=2, batch_size=64, lr=1e-4, sched='cosine', gamma=82.0))
+        epochs=2, batch_size=64, lr=1e-4, sched='cosine', gamma=10.0))
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def stage(self, n: int) -> StageConfig:
@@ -428,6 +429,7 @@ def save_model(model: nn.Module, folder: Path, cfg: Config, stage: int, classes:
                dc: Dict[str, Any], results: Dict[str, Any], config_name: str) -> None:
     """The stage's final model in the Hub layout (config.json, model.safetensors, README.md)."""
     from timm_wae.hub import save_pretrained
+    model = model.to(memory_format=torch.contiguous_format)  # safetensors refuses channels_last weights
     model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=len(classes), label_names=list(classes),
                                 **{k: dc[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
     tmp = folder.with_name(folder.name + '.tmp')
@@ -545,6 +547,8 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
 
     classify, transform = stage in (2, 3), stage in (1, 3)
     checkpoint = lambda: save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, progress)  # noqa: E731
+    last_good = lambda: ckpt_dir if (ckpt_dir / 'state.pt').exists() else \
+        f'none in this stage yet (it starts from {init or "scratch"})'  # noqa: E731
     val = {}
     for epoch in range(progress.epoch, sc.epochs):
         loader.batch_sampler.set_epoch(epoch, progress.batch)
@@ -569,17 +573,22 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
             if not math.isfinite(loss):
                 bar.close()
                 log.write({'stage': stage, 'epoch': epoch, 'step': progress.step, 'error': f'non-finite loss {loss}'})
-                last = ckpt_dir if (ckpt_dir / 'state.pt').exists() else \
-                    f'none in this stage yet (it starts from {init or "scratch"})'
                 raise NonFiniteLossError(
                     f'stage {stage}: the loss is {loss} at step {progress.step} (epoch {epoch}, batch '
-                    f'{progress.batch}); stopped before updating the weights. Last good checkpoint: {last}. '
+                    f'{progress.batch}); stopped before updating the weights. Last good checkpoint: {last_good()}. '
                     f'Lower stage{stage}.lr (now {sc.lr}) or set stage{stage}.clip_grad, then run again with '
                     f'resume=true.')
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(out['loss'])
-            if sc.clip_grad:
-                accelerator.clip_grad_norm_(params, sc.clip_grad)
+            grad_norm = float(accelerator.clip_grad_norm_(params, sc.clip_grad or math.inf))  # all-reduced grads
+            if not math.isfinite(grad_norm) and accelerator.mixed_precision != 'fp16':  # fp16: the scaler skips
+                bar.close()
+                log.write({'stage': stage, 'epoch': epoch, 'step': progress.step, 'error': 'non-finite gradient'})
+                raise NonFiniteLossError(
+                    f'stage {stage}: the loss is finite ({loss:.4g}) but the gradient norm is {grad_norm} at step '
+                    f'{progress.step}; stopped before updating the weights. Last good checkpoint: {last_good()}. '
+                    f'Lower stage{stage}.lr (now {sc.lr}), set stage{stage}.clip_grad or use fp32, then run again '
+                    f'with resume=true.')
             optimizer.step()
 
             # metric sums since the last line; reduced across processes when a line is written
@@ -591,6 +600,7 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
             if 'logits' in out:
                 m['top1'] = m.get('top1', 0.) + topk_correct(out['logits'], y, 1).sum().item()
                 m['top5'] = m.get('top5', 0.) + topk_correct(out['logits'], y, 5).sum().item()
+            m['grad_norm'] = m.get('grad_norm', 0.) + (grad_norm * n if math.isfinite(grad_norm) else 0.)
             m['n'] = m.get('n', 0.) + n
             m['time'] = m.get('time', 0.) + time.perf_counter() - tick
             m['data_time'] = m.get('data_time', 0.) + data_time
@@ -620,6 +630,8 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
                     and progress.batch < steps_per_epoch:
                 progress.metrics_bytes = log.size()
                 checkpoint()
+            if cfg.debug.step_delay:
+                time.sleep(cfg.debug.step_delay)
             tick, data_time = time.perf_counter(), 0.
         bar.close()
 
@@ -635,6 +647,8 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
         progress.metrics_bytes = log.size()
         checkpoint()
 
+    if not val:  # resumed after the last epoch's checkpoint: its val line is logged already
+        val = evaluate(model, val_loader, accelerator, classify, transform, cfg.model.channels_last)
     if main:
         save_model(model, final, cfg, stage, classes, dc, val, config_name)
         write_json_atomic(done_file, {'model': str(final), 'val': val, 'metrics_bytes': log.size()})
@@ -653,6 +667,13 @@ def main(argv: List[str]) -> int:
     config_name = Path(argv[0]).stem
     accelerator = Accelerator(kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)])
+    try:
+        return run(cfg, config_name, accelerator)
+    finally:  # every mode and every exit: tear the process group down before the interpreter does
+        accelerator.end_training()
+
+
+def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
     out_dir = resolve(cfg.output_dir)
     log = MetricsLog(out_dir / 'metrics.jsonl', accelerator.is_main_process)
     if log.size() and not cfg.resume and cfg.mode == 'train':  # every process sees the file: all stop
@@ -683,6 +704,7 @@ def main(argv: List[str]) -> int:
                  'batch_size': cfg.stage(stage).batch_size, **stats}
         log.write(stats)
         accelerator.print(json.dumps(stats))
+        accelerator.wait_for_everyone()
         return 0
     if cfg.mode == 'eval':
         if cfg.init_from is None:
@@ -695,6 +717,7 @@ def main(argv: List[str]) -> int:
         log.write({'mode': 'eval', 'split': 'val', 'init_from': cfg.init_from,
                    'num_processes': accelerator.num_processes, **val})
         accelerator.print(json.dumps(val))
+        accelerator.wait_for_everyone()
         return 0
 
     init = resolve(cfg.init_from)
@@ -710,7 +733,6 @@ def main(argv: List[str]) -> int:
         url = push_to_hub(init, cfg.push_to_hub, commit_message=f'{config_name}: stages {cfg.stages}')
         accelerator.print(f'pushed {init} to {cfg.push_to_hub}: {url}')
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     return 0
 
 

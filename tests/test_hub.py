@@ -128,6 +128,9 @@ def test_saved_folder_has_the_hub_layout_and_reloads_identically(saved):
     with torch.no_grad():
         assert torch.equal(again(x), model(x)) and torch.equal(via_overlay(x), model(x))
     assert 'three stages' in (folder / 'README.md').read_text()
+    assert create_model(str(folder), num_classes=4).num_classes == 4
+    with pytest.raises(WeightsError, match='class count differs'):
+        create_model(str(folder), num_classes=6)
 
 
 def test_truncated_file_is_an_error_naming_the_file(saved, tmp_path):

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# After recipes/imagenette_grid.sh: evaluate every row on the whole val split, time them side by
+# side, run the noise test and draw the decomposition figure. Writes JSON under $OUT/measure and
+# docs/imagenette_decomposition.png; recipes/report_imagenette.py turns them into MODEL_CARD tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/imagenette}
+VAL=${VAL:-../shared/data/imagenette160/val}
+M=$OUT/measure
+mkdir -p "$M" docs
+declare -A ROWS=(
+  [full_resolution_s0]=full_resolution_s0/stage2/model [full_resolution_s1]=full_resolution_s1/stage2/model
+  [ir]=ir/stage2/model [wavelet_cnn]=wavelet_cnn/stage2/model [decomposition_cnn]=decomposition_cnn/stage2/model
+  [il_only]=il_only/stage3/model
+  [wae_no_stage3_s0]=wae_s0/stage2/model [wae_no_stage3_s1]=wae_s1/stage2/model
+  [wae_s0]=wae_s0/stage3/model [wae_s1]=wae_s1/stage3/model
+)
+for row in "${!ROWS[@]}"; do
+  [ -f "$M/eval_$row.json" ] || timm-wae eval "$OUT/${ROWS[$row]}" --data "$VAL" --threads 2 --json "$M/eval_$row.json"
+done
+for row in full_resolution_s0 full_resolution_s1 wae_s0 wae_s1; do
+  [ -f "$M/noise_$row.json" ] || timm-wae eval "$OUT/${ROWS[$row]}" --data "$VAL" --threads 2 \
+    --noise 0,0.01,0.02,0.05,0.1 --seed 0 --json "$M/noise_$row.json"
+done
+timm-wae bench "$OUT/${ROWS[full_resolution_s0]}" "$OUT/${ROWS[ir]}" "$OUT/${ROWS[wavelet_cnn]}" \
+  "$OUT/${ROWS[decomposition_cnn]}" "$OUT/${ROWS[il_only]}" "$OUT/${ROWS[wae_no_stage3_s0]}" \
+  "$OUT/${ROWS[wae_s0]}" --img-size 128 --batch-sizes 1,8 --threads 2 --repeats 20 --json "$M/bench.json"
+timm-wae visualize "$OUT/${ROWS[wae_s0]}" --compare --grid --out docs/imagenette_decomposition.png \
+  --json "$M/visualize.json" --images \
+  "$VAL"/n01440764/$(ls "$VAL"/n01440764 | head -1) "$VAL"/n03028079/$(ls "$VAL"/n03028079 | head -1) \
+  "$VAL"/n03394916/$(ls "$VAL"/n03394916 | head -1) "$VAL"/n03888257/$(ls "$VAL"/n03888257 | head -1)
