@@ -19,8 +19,8 @@ decomposition_cnn decomposition_cnn seed=0
 wavelet_cnn wavelet_cnn seed=0
 ir ir seed=0"
 echo "$JOBS" | xargs -P 2 -L 1 bash -c '
-  name=$0 config=$1; shift 2
+  name=$0 config=$1; shift  # "$@": the overrides of this row
   accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
     --num_cpu_threads_per_process 1 recipes/train.py "recipes/configs/$config.yaml" \
     output_dir="$OUT/$name" resume=true $BUDGET "$@" > "$OUT/$name.log" 2>&1
-  echo "$(date -u +%FT%TZ) $name exit $?"'
+  rc=$?; echo "$(date -u +%FT%TZ) $name exit $rc"'

@@ -1,5 +1,5 @@
 """What every wae_* entry function shares: default cfgs and the call to timm's builder."""
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
@@ -25,14 +25,19 @@ def wae_cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
     }
 
 
-def hub_cfgs(name: str, classifier: Any = None, **kwargs: Any) -> Dict[str, Dict[str, Any]]:
-    """The two tags every registered model has: ImageNet-1k (default) and Imagenette (10 classes)."""
+def hub_cfgs(name: str, classifier: Any = None, imagenette: Optional[Dict[str, Any]] = None,
+             **kwargs: Any) -> Dict[str, Dict[str, Any]]:
+    """The two tags every registered model has: ImageNet-1k (default) and Imagenette (10 classes).
+
+    ``imagenette`` overrides the Imagenette tag's eval transform: it must be what the recipe
+    trained and evaluated with (the backbone's timm data config at 128 px).
+    """
     extra = {'classifier': classifier} if classifier else {}
     return {
         f'{name}.in1k': wae_cfg(hf_hub_id=f'{HUB_ORG}/{name}.in1k', **extra, **kwargs),
         f'{name}.imagenette': wae_cfg(
             hf_hub_id=f'{HUB_ORG}/{name}.imagenette', num_classes=10, input_size=(3, 128, 128),
-            crop_pct=0.8, license='other', **extra, **kwargs),
+            license='other', **extra, **dict(kwargs, **(imagenette or {}))),
     }
 
 
