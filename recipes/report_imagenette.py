@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 RUNS = Path(sys.argv[1] if len(sys.argv) > 1 else 'runs/imagenette')
 MEASURE = RUNS / 'measure'
-# table row -> (eval JSON names, bench model folder, curve runs)
+# table row -> (eval JSON names under measure/, the model folder timed by the bench)
 ROWS = {
     'Full resolution (resnet18, 128 px)': (['full_resolution_s0', 'full_resolution_s1'], 'full_resolution_s0/stage2/model'),
     'IR (half-resolution resize)': (['ir'], 'ir/stage2/model'),

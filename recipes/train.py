@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, NoReturn, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import timm
@@ -547,8 +547,17 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
 
     classify, transform = stage in (2, 3), stage in (1, 3)
     checkpoint = lambda: save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, progress)  # noqa: E731
-    last_good = lambda: ckpt_dir if (ckpt_dir / 'state.pt').exists() else \
-        f'none in this stage yet (it starts from {init or "scratch"})'  # noqa: E731
+
+    def stop(epoch: int, error: str, what: str, remedy: str) -> NoReturn:
+        """End the stage before the optimizer step: log the error, name the last good checkpoint."""
+        bar.close()
+        log.write({'stage': stage, 'epoch': epoch, 'step': progress.step, 'error': error})
+        last_good = ckpt_dir if (ckpt_dir / 'state.pt').exists() else \
+            f'none in this stage yet (it starts from {init or "scratch"})'
+        raise NonFiniteLossError(
+            f'stage {stage}: {what}; stopped before updating the weights. Last good checkpoint: {last_good}. '
+            f'Lower stage{stage}.lr (now {sc.lr}), {remedy}, then run again with resume=true.')
+
     val = {}
     for epoch in range(progress.epoch, sc.epochs):
         loader.batch_sampler.set_epoch(epoch, progress.batch)
@@ -571,24 +580,16 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
                 out['loss'] = out['loss'] * float('nan')
             loss = accelerator.reduce(out['loss'].detach().float(), 'mean').item()
             if not math.isfinite(loss):
-                bar.close()
-                log.write({'stage': stage, 'epoch': epoch, 'step': progress.step, 'error': f'non-finite loss {loss}'})
-                raise NonFiniteLossError(
-                    f'stage {stage}: the loss is {loss} at step {progress.step} (epoch {epoch}, batch '
-                    f'{progress.batch}); stopped before updating the weights. Last good checkpoint: {last_good()}. '
-                    f'Lower stage{stage}.lr (now {sc.lr}) or set stage{stage}.clip_grad, then run again with '
-                    f'resume=true.')
+                stop(epoch, f'non-finite loss {loss}',
+                     f'the loss is {loss} at step {progress.step} (epoch {epoch}, batch {progress.batch})',
+                     f'or set stage{stage}.clip_grad')
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(out['loss'])
             grad_norm = float(accelerator.clip_grad_norm_(params, sc.clip_grad or math.inf))  # all-reduced grads
             if not math.isfinite(grad_norm) and accelerator.mixed_precision != 'fp16':  # fp16: the scaler skips
-                bar.close()
-                log.write({'stage': stage, 'epoch': epoch, 'step': progress.step, 'error': 'non-finite gradient'})
-                raise NonFiniteLossError(
-                    f'stage {stage}: the loss is finite ({loss:.4g}) but the gradient norm is {grad_norm} at step '
-                    f'{progress.step}; stopped before updating the weights. Last good checkpoint: {last_good()}. '
-                    f'Lower stage{stage}.lr (now {sc.lr}), set stage{stage}.clip_grad or use fp32, then run again '
-                    f'with resume=true.')
+                stop(epoch, 'non-finite gradient',
+                     f'the loss is finite ({loss:.4g}) but the gradient norm is {grad_norm} at step {progress.step}',
+                     f'set stage{stage}.clip_grad or use fp32')
             optimizer.step()
 
             # metric sums since the last line; reduced across processes when a line is written
