@@ -18,15 +18,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 RUNS = Path(sys.argv[1] if len(sys.argv) > 1 else 'runs/imagenette')
 MEASURE = RUNS / 'measure'
-# table row -> (eval JSON names under measure/, the model folder timed by the bench)
+# table row -> eval JSON names under measure/ (seed 0 first: its model is the one the bench timed;
+# each eval JSON names its model folder, so the folders live only in measure_imagenette.sh)
 ROWS = {
-    'Full resolution (resnet18, 128 px)': (['full_resolution_s0', 'full_resolution_s1'], 'full_resolution_s0/stage2/model'),
-    'IR (half-resolution resize)': (['ir'], 'ir/stage2/model'),
-    'Wavelet+CNN (9/7 DWT)': (['wavelet_cnn_s0', 'wavelet_cnn_s1'], 'wavelet_cnn_s0/stage2/model'),
-    'Decomposition+CNN': (['decomposition_cnn'], 'decomposition_cnn/stage2/model'),
-    'IL only': (['il_only'], 'il_only/stage3/model'),
-    'WAE without joint fine-tuning': (['wae_no_stage3_s0', 'wae_no_stage3_s1'], 'wae_s0/stage2/model'),
-    'WAE': (['wae_s0', 'wae_s1'], 'wae_s0/stage3/model'),
+    'Full resolution (resnet18, 128 px)': ['full_resolution_s0', 'full_resolution_s1'],
+    'IR (half-resolution resize)': ['ir'],
+    'Wavelet+CNN (9/7 DWT)': ['wavelet_cnn_s0', 'wavelet_cnn_s1'],
+    'Decomposition+CNN': ['decomposition_cnn'],
+    'IL only': ['il_only'],
+    'WAE without joint fine-tuning': ['wae_no_stage3_s0', 'wae_no_stage3_s1'],
+    'WAE': ['wae_s0', 'wae_s1'],
 }
 
 
@@ -48,17 +49,17 @@ def clean_row(name: str) -> dict:
 def main() -> None:
     bench = load(MEASURE / 'bench.json')
     timing = {(r['model'], r['batch_size']): r for r in bench['results'] if r['dtype'] == 'fp32' and not r['channels_last']}
-    full = str(RUNS / ROWS['Full resolution (resnet18, 128 px)'][1])
+    full = clean_row('full_resolution_s0')['model']
     print(f"Bench: {bench['environment']}, threads {bench['settings']['threads']}, "
           f"input {bench['settings']['input_size']}, repeats {bench['settings']['repeats']}\n")
     print('| row | top-1 err % | top-5 err % | seeds | ms @1 | ms @8 | speed-up @1 | speed-up @8 | GMAC | params M |')
     print('|---|---|---|---|---|---|---|---|---|---|')
-    for title, (names, folder) in ROWS.items():
+    for title, names in ROWS.items():
         evals = [clean_row(n) for n in names if (MEASURE / f'eval_{n}.json').is_file()]
-        if not evals or (str(RUNS / folder), 1) not in timing:  # a grid cut short: say so, don't guess
+        if not evals or (evals[0]['model'], 1) not in timing:  # a grid cut short: say so, don't guess
             print(f'| {title} | not run in {RUNS.name} |' + ' |' * 8)
             continue
-        t1, t8 = timing[(str(RUNS / folder), 1)], timing[(str(RUNS / folder), 8)]
+        t1, t8 = timing[(evals[0]['model'], 1)], timing[(evals[0]['model'], 8)]
         f1, f8 = timing[(full, 1)], timing[(full, 8)]
         print(f"| {title} | {mean_spread([e['top1_err'] for e in evals])} | {mean_spread([e['top5_err'] for e in evals])} "
               f"| {len(evals)} | {t1['median_ms']:.1f} | {t8['median_ms']:.1f} | {f1['median_ms'] / t1['median_ms']:.2f}x "
