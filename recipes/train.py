@@ -42,6 +42,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from timm_wae import WAEWrapper
+from timm_wae.baselines import FRONT_ENDS, LEARNED_FRONT_ENDS
+from timm_wae.distill import DistillationLoss, Teacher, load_teacher
 from timm_wae.data import (SeededBatchSampler, SeededTransform, cached_image_folder, dataset_classes, image_folder,
                            loader_throughput, tensor_transform)
 
@@ -74,8 +76,9 @@ class DataConfig:
 class ModelConfig:
     type: str = 'wae'                   # 'wae': WAEWrapper; 'timm': the plain backbone (full resolution)
     backbone: str = 'resnet18'
-    front_end: str = 'wae'              # 'wae' (learned), 'dwt97' (Wavelet+CNN), 'resize' (IR)
+    front_end: str = 'wae'              # 'wae', 'wae2' (learned), 'dwt97', 'haar' (Wavelet+CNN), 'resize' (IR)
     use_ih: bool = True                 # False: no IH branch or fusion head (IL only, IR)
+    ih_fusion: str = 'branch'           # 'branch' (quarter-width copy, the paper) or 'stem' (backbone's input)
     num_classes: Optional[int] = None   # None: the number of class folders
     pretrained_backbone: bool = False
     wae_width: int = 16
@@ -107,6 +110,13 @@ class StageConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: Optional[str] = None       # model folder / name of the full-resolution teacher; None: no distillation
+    weight: float = 1.0                 # loss = Lc + weight·KD in the classification stages (2 and 3)
+    temperature: float = 1.0            # KD = T²·KL(teacher/T || student/T) on the final logits
+
+
+@dataclass
 class DebugConfig:
     nan_at_step: Optional[int] = None   # make the loss NaN at this global step of every stage (tests)
     step_delay: float = 0.0             # sleep after every step: widens the window a kill test aims at
@@ -133,6 +143,7 @@ class Config:
         epochs=20, batch_size=64, lr=0.1, sched='cosine', warmup_epochs=1, warmup_lr=0.01))
     stage3: StageConfig = field(default_factory=lambda: StageConfig(
         epochs=2, batch_size=64, lr=1e-4, sched='cosine', gamma=10.0))
+    distill: DistillConfig = field(default_factory=DistillConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def stage(self, n: int) -> StageConfig:
@@ -203,7 +214,14 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
         raise ValueError(f'stages must be an increasing subset of [1, 2, 3], got {cfg.stages}')
     if cfg.model.type not in ('wae', 'timm'):
         raise ValueError(f"model.type must be 'wae' or 'timm', got {cfg.model.type!r}")
-    learns_wae = cfg.model.type == 'wae' and cfg.model.front_end == 'wae'
+    if cfg.model.type == 'wae' and cfg.model.front_end not in FRONT_ENDS:
+        raise ValueError(f'unknown model.front_end {cfg.model.front_end!r}; expected one of {FRONT_ENDS}')
+    if cfg.model.ih_fusion not in ('branch', 'stem'):
+        raise ValueError(f"unknown model.ih_fusion {cfg.model.ih_fusion!r}; expected 'branch' or 'stem'")
+    if cfg.distill.weight < 0 or cfg.distill.temperature <= 0:
+        raise ValueError(f'distill.weight must be >= 0 and distill.temperature > 0, got {cfg.distill.weight} '
+                         f'and {cfg.distill.temperature}')
+    learns_wae = cfg.model.type == 'wae' and cfg.model.front_end in LEARNED_FRONT_ENDS
     for s in cfg.stages:
         if s in (1, 3) and not learns_wae:
             raise ValueError(f'stage {s} trains the WAE with the transform loss; model.type={cfg.model.type!r} '
@@ -267,13 +285,15 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         return timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, num_classes=num_classes,
                                  drop_rate=cfg.drop_rate)
     return WAEWrapper(cfg.backbone, num_classes=num_classes, front_end=cfg.front_end, use_ih=cfg.use_ih,
+                      ih_fusion=cfg.ih_fusion,
                       width_divisor=cfg.width_divisor, energy_weight=cfg.energy_weight, drop_rate=cfg.drop_rate,
                       wae_width=cfg.wae_width, pretrained_backbone=cfg.pretrained_backbone)
 
 
 def set_trainable(model: nn.Module, stage: int, sc: StageConfig) -> bool:
     """requires_grad for the stage; returns True when the WAE is frozen (kept in eval mode)."""
-    wae = getattr(model, 'wae', None) if isinstance(model, WAEWrapper) and model.front_end_name == 'wae' else None
+    learned = isinstance(model, WAEWrapper) and model.front_end_name in LEARNED_FRONT_ENDS
+    wae = model.wae if learned else None
     model.requires_grad_(stage != 1)
     if stage == 1:
         wae.requires_grad_(True)
@@ -288,9 +308,20 @@ def set_trainable(model: nn.Module, stage: int, sc: StageConfig) -> bool:
 class Objective(nn.Module):
     """One stage's loss as a module: DDP must see the forward that uses the trained parameters."""
 
-    def __init__(self, model: nn.Module, stage: int, gamma: float = 0., frozen_wae: bool = False):
+    def __init__(self, model: nn.Module, stage: int, gamma: float = 0., frozen_wae: bool = False,
+                 teacher: Optional[Teacher] = None, distill: Optional[DistillConfig] = None):
         super().__init__()
         self.model, self.stage, self.gamma, self.frozen_wae = model, stage, gamma, frozen_wae
+        self.teacher = teacher if stage in (2, 3) else None  # distillation: classification stages only
+        self.distill_weight = distill.weight if distill else 0.
+        self.kd = DistillationLoss(distill.temperature if distill else 1.)
+
+    def _distill(self, out: Dict[str, Tensor], x: Tensor) -> Dict[str, Tensor]:
+        """Add weight·KD(final logits, the teacher's) to the loss."""
+        if self.teacher is None:
+            return out
+        kd = self.kd(out['logits'], self.teacher(x))
+        return dict(out, loss=out['loss'] + self.distill_weight * kd, kd=kd)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -307,14 +338,14 @@ class Objective(nn.Module):
         if not isinstance(m, WAEWrapper):  # plain timm model
             logits = m(x)
             lc = F.cross_entropy(logits, y)
-            return {'loss': lc, 'lc': lc, 'logits': logits}
+            return self._distill({'loss': lc, 'lc': lc, 'logits': logits}, x)
         out = m.forward_train(x, reconstruct=self.stage == 3)
         lc = m.classification_loss(out, y)
         if self.stage == 2:
-            return {'loss': lc, 'lc': lc, 'logits': out.logits}
+            return self._distill({'loss': lc, 'lc': lc, 'logits': out.logits}, x)
         t = m.compute_transform_loss(x, out)
-        return {'loss': lc + self.gamma * t.loss, 'lc': lc, 'lt': t.loss, 'lt_recon': t.recon,
-                'lt_energy': t.energy, 'logits': out.logits}
+        return self._distill({'loss': lc + self.gamma * t.loss, 'lc': lc, 'lt': t.loss, 'lt_recon': t.recon,
+                              'lt_energy': t.energy, 'logits': out.logits}, x)
 
 
 def topk_correct(logits: Tensor, target: Tensor, k: int) -> Tensor:
@@ -496,7 +527,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, val_loader, classes: List[str],
-                dc: Dict[str, Any], init: Optional[Path], log: MetricsLog, config_name: str) -> Path:
+                dc: Dict[str, Any], init: Optional[Path], log: MetricsLog, config_name: str,
+                teacher: Optional[Teacher] = None) -> Path:
     """Train one stage (or finish it after a kill); returns the folder of its final model.
 
     On resume, metrics.jsonl is cut back to what the state resumed from had written: lines a
@@ -517,7 +549,7 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     frozen_wae = set_trainable(model, stage, sc)
-    objective = Objective(model, stage, sc.gamma, frozen_wae)
+    objective = Objective(model, stage, sc.gamma, frozen_wae, teacher, cfg.distill)
 
     loader = train_loader(train_set, sc.batch_size, cfg, accelerator)
     steps_per_epoch = min(loader.batch_sampler.batches_per_epoch, sc.max_steps_per_epoch or math.inf)
@@ -713,7 +745,7 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
         model = build_model(cfg.model, len(classes))
         load_init(model, resolve(cfg.init_from))
         model = model.to(accelerator.device)
-        transform = isinstance(model, WAEWrapper) and model.front_end_name == 'wae'
+        transform = isinstance(model, WAEWrapper) and model.front_end_name in LEARNED_FRONT_ENDS
         val = evaluate(model, val_loader, accelerator, True, transform)
         log.write({'mode': 'eval', 'split': 'val', 'init_from': cfg.init_from,
                    'num_processes': accelerator.num_processes, **val})
@@ -721,10 +753,18 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
         accelerator.wait_for_everyone()
         return 0
 
+    teacher = None
+    if cfg.distill.teacher is not None:  # load and check it before any training
+        local = resolve(cfg.distill.teacher)
+        spec = str(local) if local.exists() else cfg.distill.teacher  # a folder, else a model name
+        teacher = load_teacher(spec, len(classes)).to(accelerator.device)
+        accelerator.print(f'distillation: teacher {cfg.distill.teacher} at {teacher.input_size} px, '
+                          f'weight {cfg.distill.weight}, temperature {cfg.distill.temperature}')
     init = resolve(cfg.init_from)
     for stage in cfg.stages:
         try:
-            init = train_stage(stage, cfg, accelerator, train_set, val_loader, classes, dc, init, log, config_name)
+            init = train_stage(stage, cfg, accelerator, train_set, val_loader, classes, dc, init, log, config_name,
+                               teacher)
         except NonFiniteLossError as e:
             if accelerator.is_main_process:
                 print(f'error: {e}', file=sys.stderr)

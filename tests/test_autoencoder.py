@@ -4,6 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from timm_wae import TransformLoss, WaveletLikeAutoEncoder
+from timm_wae.autoencoder import HalfResolutionWAE
+from timm_wae.bench import count_macs
+from timm_wae.wavelets import HaarDWT
 
 
 @pytest.mark.parametrize('size', [(32, 32), (33, 47), (17, 16)])
@@ -63,3 +66,51 @@ def test_bad_input_is_refused_with_a_message_naming_the_problem(shape, message):
 def test_integer_images_are_refused():
     with pytest.raises(TypeError, match='floating point'):
         WaveletLikeAutoEncoder()(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+# ----------------------------------------------------------------------------- the cheap WAE ('wae2')
+@pytest.mark.parametrize('size', [(32, 32), (33, 47), (17, 16)])
+def test_half_resolution_wae_starts_as_the_exact_haar_dwt_and_its_inverse(size):
+    wae = HalfResolutionWAE(3, width=16).double()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    low, high = wae(x)
+    ref_low, ref_high = HaarDWT(3).double()(x)
+    assert low.shape == (2, 3, (size[0] + 1) // 2, (size[1] + 1) // 2) and high.shape[1] == 9
+    torch.testing.assert_close(low, ref_low, atol=1e-12, rtol=0)
+    torch.testing.assert_close(high, ref_high, atol=1e-12, rtol=0)
+    torch.testing.assert_close(wae.reconstruct(low, high, size), x, atol=1e-12, rtol=0)
+
+
+def test_half_resolution_wae_learns_every_part_from_the_transform_loss():
+    torch.manual_seed(0)
+    wae = HalfResolutionWAE(3)
+    x = torch.randn(4, 3, 24, 24)
+    low, high = wae(x)
+    TransformLoss(0.25)(x, wae.reconstruct(low, high, x.shape[-2:]), high).loss.backward()
+    # the zero-initialised last refine convs get a gradient at once; the first ones only once the
+    # last are non-zero, which the analysis / synthesis matrices do not need
+    for name in ('encoder.analysis.weight', 'encoder.refine.2.weight', 'decoder.refine.2.weight',
+                 'decoder.synthesis.weight'):
+        grad = dict(wae.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    before = wae(x)[1].pow(2).mean().item()
+    opt = torch.optim.Adam(wae.parameters(), lr=1e-2)
+    for _ in range(30):  # the energy term moves detail energy out of IH
+        opt.zero_grad()
+        low, high = wae(x)
+        TransformLoss(0.25)(x, wae.reconstruct(low, high, x.shape[-2:]), high).loss.backward()
+        opt.step()
+    assert wae(x)[1].pow(2).mean().item() < before
+
+
+def test_half_resolution_encoder_costs_under_a_quarter_of_the_papers():
+    cheap = count_macs(HalfResolutionWAE(3).encoder, (3, 224, 224))
+    paper = count_macs(WaveletLikeAutoEncoder(3).encoder, (3, 224, 224))
+    assert cheap <= 0.25 * paper, (cheap, paper)
+
+
+def test_half_resolution_wae_refuses_bad_input_by_name():
+    with pytest.raises(ValueError, match='input channels'):
+        HalfResolutionWAE(3)(torch.randn(1, 4, 16, 16))
+    with pytest.raises(ValueError, match='4-D'):
+        HalfResolutionWAE(3)(torch.randn(3, 16, 16))

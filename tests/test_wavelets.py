@@ -7,7 +7,7 @@ import pytest
 import pywt
 import torch
 
-from timm_wae.wavelets import DWT97, dwt2, idwt2
+from timm_wae.wavelets import DWT97, HaarDWT, dwt2, haar_matrix, idwt2
 
 SHAPES = [(2, 3, 16, 16), (1, 3, 32, 48), (1, 2, 4, 6)]
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -103,3 +103,24 @@ def test_idwt2_rejects_mismatched_details() -> None:
         idwt2(ca, torch.randn(1, 6, 8, 8))
     with pytest.raises(ValueError, match=r"4-D tensor"):
         idwt2(ca[0], torch.randn(9, 8, 8))
+
+
+@pytest.mark.parametrize('size', [(8, 8), (7, 10), (9, 5)])
+def test_haar_equals_pywt_symmetric_and_inverts_exactly(size):
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    dwt = HaarDWT(3).double()
+    ca, details = dwt(x)
+    ref_a, (ref_h, ref_v, ref_d) = pywt.dwt2(x.numpy(), 'haar', mode='symmetric')
+    assert ca.shape == (2, 3, (size[0] + 1) // 2, (size[1] + 1) // 2)
+    np.testing.assert_allclose(ca.numpy(), ref_a, atol=1e-12)
+    for k, ref in enumerate((ref_h, ref_v, ref_d)):  # dwt2's layout: cH, cV, cD of channel c at 3c..3c+2
+        np.testing.assert_allclose(details[:, k::3].numpy(), ref, atol=1e-12)
+    torch.testing.assert_close(dwt.inverse(ca, details, size), x, atol=1e-12, rtol=0)
+
+
+def test_haar_matrix_is_orthonormal_and_keeps_energy():
+    m = haar_matrix(3)
+    torch.testing.assert_close(m @ m.t(), torch.eye(12, dtype=torch.float64))
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    ca, details = HaarDWT(3).double()(x)
+    torch.testing.assert_close(ca.pow(2).sum() + details.pow(2).sum(), x.pow(2).sum())

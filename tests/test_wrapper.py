@@ -190,3 +190,58 @@ def test_create_model_passes_kwargs_and_cfg():
     assert timm.data.resolve_model_data_config(tagged)['input_size'] == (3, 128, 128)
     generic = timm.create_model('wae', backbone='regnetx_002', num_classes=6)
     assert generic.backbone.pretrained_cfg['architecture'] == 'regnetx_002' and generic.num_classes == 6
+
+
+# ----------------------------------------------------------------------------- wae2, haar and ih_fusion
+@pytest.mark.parametrize('front_end', ['wae2', 'haar'])
+def test_half_resolution_front_ends_feed_nine_detail_channels_to_either_fusion(front_end):
+    branch = WAEWrapper('resnet18', num_classes=3, front_end=front_end).eval()
+    assert branch.ih_branch.conv1.in_channels == 9 and branch.fusion_head is not None
+    stem = WAEWrapper('resnet18', num_classes=3, front_end=front_end, ih_fusion='stem').eval()
+    assert stem.ih_branch is None and stem.fusion_head is None
+    assert stem.backbone.conv1.in_channels == 12  # IL's 3 channels, then IH's 9
+    assert stem.num_features == stem.backbone.num_features == 512
+    for model in (branch, stem):
+        assert model(X).shape == (2, 3)
+        assert model.forward_head(model.forward_features(X), pre_logits=True).shape == (2, model.head_hidden_size)
+    assert stem.first_conv.startswith('wae.encoder') if front_end == 'wae2' else stem.first_conv == 'backbone.conv1'
+
+
+def test_stem_fusion_of_a_trained_backbone_starts_as_that_backbone_on_il():
+    """The IH channels of the widened first conv are zero: converting a trained network changes
+    nothing until training teaches it to use the details."""
+    torch.manual_seed(0)
+    backbone = timm.create_model('resnet18', num_classes=3).eval()
+    reference = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model = WAEWrapper(backbone, front_end='haar', ih_fusion='stem', standardize=False).eval()
+    assert torch.equal(model.backbone.conv1.weight[:, 3:], torch.zeros(64, 9, 7, 7))
+    low, _ = model.decompose(X)
+    plain = timm.create_model('resnet18', num_classes=3).eval()
+    plain.load_state_dict(reference)
+    torch.testing.assert_close(model(X), plain(low))
+    # and gradient reaches the new channels, so training can use them
+    model.train()
+    F.cross_entropy(model(X), torch.tensor([0, 1])).backward()
+    assert model.backbone.conv1.weight.grad[:, 3:].abs().sum() > 0
+
+
+def test_stem_fusion_and_front_end_names_are_checked():
+    with pytest.raises(ValueError, match="unknown ih_fusion 'late'"):
+        WAEWrapper('resnet18', ih_fusion='late')
+    renamed = timm.create_model('resnet18')
+    renamed.pretrained_cfg = dict(renamed.pretrained_cfg, first_conv='stem.conv')  # names no layer
+    with pytest.raises(ValueError, match="ih_fusion='stem' needs the backbone's first conv.*'stem.conv'"):
+        WAEWrapper(renamed, front_end='haar', ih_fusion='stem')
+    with pytest.raises(ValueError, match="unknown front_end 'wae3'"):
+        WAEWrapper('resnet18', front_end='wae3')
+
+
+def test_wae2_saves_and_reloads_with_its_fusion(tmp_path):
+    from timm_wae.hub import create_model, save_pretrained
+    model = WAEWrapper('resnet18', num_classes=3, front_end='wae2', ih_fusion='stem').eval()
+    with torch.no_grad():
+        model.wae.encoder.refine[2].weight.normal_()  # not the init any more: the weights must travel
+    save_pretrained(model, tmp_path / 'm')
+    loaded = create_model(str(tmp_path / 'm')).eval()
+    assert loaded.ih_fusion == 'stem' and loaded.front_end_name == 'wae2'
+    torch.testing.assert_close(loaded(X), model(X))

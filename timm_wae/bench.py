@@ -6,7 +6,7 @@ the timing loop interleaves the models call by call and reports medians and p90s
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -71,7 +71,7 @@ def _timer(device: torch.device):
 def benchmark(
         models: Dict[str, nn.Module],
         baselines: Dict[str, Optional[str]],
-        input_size: Sequence[int],
+        input_size: Union[Sequence[int], Dict[str, Sequence[int]]],
         batch_sizes: Sequence[int] = (1, 8),
         dtypes: Sequence[str] = ('fp32',),
         channels_last: Sequence[bool] = (False,),
@@ -84,32 +84,37 @@ def benchmark(
 
     Each repeat calls every model once; the order of the models rotates from one repeat to the next so
     that no model always runs right after the same neighbour (caches, clocks). ``speedup`` is the
-    baseline's median over this model's median, both from the same interleaved loop.
+    baseline's median over this model's median, both from the same interleaved loop. ``input_size``
+    is one (C, H, W) for all models or one per model (each model at its own resolution, e.g. a
+    model trained at a lower resolution against a WAE model).
     """
     dev = torch.device(device)
     timer = _timer(dev)
+    sizes = {n: tuple(input_size[n] if isinstance(input_size, dict) else input_size) for n in models}
     info = {}
     for name, model in models.items():
         model.eval().to(dev)
-        info[name] = (sum(p.numel() for p in model.parameters()) / 1e6, count_macs(model, input_size, device) / 1e9)
+        info[name] = (sum(p.numel() for p in model.parameters()) / 1e6, count_macs(model, sizes[name], device) / 1e9)
     results = []
     settings = [(b, d, cl) for d in dtypes for cl in channels_last for b in batch_sizes]
     for batch, dtype_name, cl in settings:
         dtype = DTYPES[dtype_name]
         fmt = torch.channels_last if cl else torch.contiguous_format
-        x = torch.randn(batch, *input_size, device=dev).to(memory_format=fmt)
+        inputs = {size: torch.randn(batch, *size, device=dev).to(memory_format=fmt) for size in set(sizes.values())}
         times: Dict[str, List[float]] = {n: [] for n in models}
         with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
             for model in models.values():
                 model.to(memory_format=fmt)
+            for name, model in models.items():
                 for _ in range(warmup):
-                    model(x)
+                    model(inputs[sizes[name]])
             if dev.type == 'cuda':
                 torch.cuda.synchronize(dev)
             order = list(models.items())
             for rep in range(repeats):
                 shift = rep % len(order)
                 for name, model in order[shift:] + order[:shift]:
+                    x = inputs[sizes[name]]
                     times[name].append(timer(lambda: model(x)))
                 if progress is not None:
                     progress()
@@ -121,7 +126,7 @@ def benchmark(
                 batch_size=batch, median_ms=medians[name], p90_ms=_percentile(times[name], 0.9),
                 img_per_s=batch * 1e3 / medians[name], params_m=info[name][0], gmacs=info[name][1],
                 speedup=medians[base] / medians[name] if base in medians else None,
-                img_size=int(input_size[-2]), threads=torch.get_num_threads() if dev.type == 'cpu' else None,
+                img_size=int(sizes[name][-2]), threads=torch.get_num_threads() if dev.type == 'cpu' else None,
                 repeats=repeats,
             ))
     return results
@@ -129,14 +134,14 @@ def benchmark(
 
 def format_table(results: List[BenchResult]) -> str:
     """A Markdown table, one row per model and setting."""
-    head = ('| model | vs | device | dtype | ch_last | batch | median ms | p90 ms | img/s | params M '
+    head = ('| model | vs | device | dtype | ch_last | size | batch | median ms | p90 ms | img/s | params M '
             '| GMAC | speed-up |')
-    lines = [head, '|' + '---|' * 12]
+    lines = [head, '|' + '---|' * 13]
     for r in results:
         speed = f'{r.speedup:.2f}x' if r.speedup is not None else ''
         lines.append(
             f'| {r.model} | {r.baseline or ""} | {r.device} | {r.dtype} | {"yes" if r.channels_last else "no"} '
-            f'| {r.batch_size} | {r.median_ms:.1f} | {r.p90_ms:.1f} | {r.img_per_s:.1f} | {r.params_m:.1f} '
+            f'| {r.img_size} | {r.batch_size} | {r.median_ms:.1f} | {r.p90_ms:.1f} | {r.img_per_s:.1f} | {r.params_m:.1f} '
             f'| {r.gmacs:.2f} | {speed} |')
     return '\n'.join(lines)
 

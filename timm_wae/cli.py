@@ -96,6 +96,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _img_size(text: str):
+    if text == 'native':
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'native', got {text!r}") from None
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -267,12 +276,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             models[arch] = timm.create_model(arch, num_classes=models[spec].num_classes)
             baselines[arch] = None
 
-    if args.img_size:
+    if args.img_size == 'native':  # each model at its own data config's size, a backbone at its WAE model's
+        input_size = {s: tuple(timm.data.resolve_model_data_config(models[s])['input_size']) for s in specs}
+        input_size.update({arch: input_size[s] for s, arch in baselines.items() if arch and arch not in specs})
+    elif args.img_size:
         input_size = (3, args.img_size, args.img_size)
     else:
         input_size = tuple(timm.data.resolve_model_data_config(models[specs[0]])['input_size'])
     channels_last = {'off': [False], 'on': [True], 'both': [False, True]}[args.channels_last]
-    print(f'benchmarking {", ".join(models)} at input {tuple(input_size)} on {", ".join(devices)}; '
+    shown = 'each model\'s own size' if isinstance(input_size, dict) else tuple(input_size)
+    print(f'benchmarking {", ".join(models)} at input {shown} on {", ".join(devices)}; '
           f'{torch.get_num_threads()} CPU threads', file=sys.stderr)
 
     results = []
@@ -287,7 +300,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(results))
     _write_json(args.json, {
         'command': 'bench',
-        'settings': {'models': specs, 'baselines': baselines, 'input_size': list(input_size),
+        'settings': {'models': specs, 'baselines': baselines,
+                     'input_size': {k: list(v) for k, v in input_size.items()} if isinstance(input_size, dict)
+                     else list(input_size),
                      'batch_sizes': args.batch_sizes, 'dtypes': args.dtypes, 'channels_last': args.channels_last,
                      'devices': devices, 'threads': torch.get_num_threads(), 'warmup': args.warmup,
                      'repeats': args.repeats, 'pretrained': args.pretrained},
@@ -497,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto',
                    help='cpu, cuda, or a comma list; default auto = cpu, plus cuda when present')
     p.add_argument('--threads', type=_positive_int, help='torch.set_num_threads(N)')
-    p.add_argument('--img-size', type=_positive_int, help="input size (default: the first model's data config)")
+    p.add_argument('--img-size', type=_img_size, metavar='N|native',
+                   help="input size (default: the first model's data config); 'native': each model at its own "
+                        "data config's size (a WAE model's backbone at the WAE model's)"),
     p.add_argument('--repeats', type=_positive_int, default=10, help='timed calls per model and setting (10)')
     p.add_argument('--warmup', type=_non_negative_int, default=3, help='untimed calls first (3)')
     p.add_argument('--pretrained', action='store_true', help='load weights (not needed for timing)')

@@ -18,7 +18,7 @@ from timm.models.vgg import ConvMlp
 from torch import Tensor, nn
 
 from .autoencoder import TransformLoss, TransformLossTerms, check_image
-from .baselines import create_front_end
+from .baselines import LEARNED_FRONT_ENDS, create_front_end
 from .shrink import shrink_width
 
 __all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp']
@@ -97,6 +97,33 @@ class FusionHead(nn.Module):
         return self.head(self.pre_logits(x), pre_logits=pre_logits)
 
 
+def widen_first_conv(backbone: nn.Module, extra_chans: int) -> None:
+    """Give the backbone's first conv ``extra_chans`` more input channels with zero weights, in place.
+
+    The new channels start without any effect, so a trained backbone keeps its function on the
+    original channels and learns what to take from the new ones.
+    """
+    name = getattr(backbone, 'pretrained_cfg', {}).get('first_conv')
+    try:
+        conv = backbone.get_submodule(name) if name else None
+    except AttributeError:
+        conv = None
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        raise ValueError(
+            f"ih_fusion='stem' needs the backbone's first conv (pretrained_cfg['first_conv']) to be a plain "
+            f"nn.Conv2d; {_backbone_name(backbone)!r} has {type(conv).__name__ if conv is not None else 'none'} "
+            f"at {name!r}: use ih_fusion='branch'")
+    new = nn.Conv2d(conv.in_channels + extra_chans, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    parent, _, attr = name.rpartition('.')
+    setattr(backbone.get_submodule(parent) if parent else backbone, attr, new)
+
+
 def _for_branches(pattern: str, branches: Tuple[str, ...]) -> str:
     body = pattern[1:] if pattern.startswith('^') else pattern
     return rf'^(?:{"|".join(branches)})\.{body}'
@@ -113,8 +140,12 @@ class WAEWrapper(nn.Module):
         backbone: a timm model name or module; it receives IL unchanged and keeps its own head (sL).
         num_classes: classes of both heads; None keeps the backbone's.
         in_chans: image channels (the WAE always produces 3-channel IL and IH).
-        front_end: 'wae' (learned), 'dwt97' (Wavelet+CNN baseline) or 'resize' (IR baseline).
+        front_end: 'wae' (the paper's learned WAE), 'wae2' (a cheap learned WAE at half resolution that
+            starts as the Haar DWT), 'dwt97' / 'haar' (Wavelet+CNN baselines) or 'resize' (IR baseline).
         use_ih: False drops the IH branch and the fusion head (the "IL only" baseline).
+        ih_fusion: where IH joins. 'branch' (the paper): a quarter-width copy of the backbone and a fusion
+            head. 'stem': IH's channels are extra input channels of the backbone's first conv (zero
+            weights at first, so a trained backbone starts as it was on IL); no second network.
         width_divisor: the IH branch's widths are the backbone's divided by this (4 in the paper).
         standardize: non-affine BatchNorm on IL and IH before the networks, as the released model.
         energy_weight: λ of the transform loss on per-element means (0.25 = the paper's λ=1 on sums).
@@ -132,6 +163,7 @@ class WAEWrapper(nn.Module):
             in_chans: int = 3,
             front_end: str = 'wae',
             use_ih: bool = True,
+            ih_fusion: str = 'branch',
             width_divisor: int = 4,
             standardize: bool = True,
             energy_weight: float = 0.25,
@@ -143,6 +175,8 @@ class WAEWrapper(nn.Module):
     ):
         super().__init__()
         backbone_kwargs = dict(backbone_kwargs or {})
+        if ih_fusion not in ('branch', 'stem'):
+            raise ValueError(f"unknown ih_fusion {ih_fusion!r}; expected 'branch' or 'stem'")
         self.front_end_name = front_end
         self.wae, low_chans, high_chans = create_front_end(front_end, in_chans, wae_width)
         use_ih = use_ih and high_chans > 0
@@ -160,6 +194,10 @@ class WAEWrapper(nn.Module):
                     f'classifier (forward_features, forward_head, reset_classifier)')
         if num_classes is not None and num_classes != backbone.num_classes:
             backbone.reset_classifier(num_classes)
+        use_stem = use_ih and ih_fusion == 'stem'
+        if use_stem:
+            widen_first_conv(backbone, high_chans)
+        self.ih_fusion = ih_fusion
         self.backbone = backbone
         self.num_classes = backbone.num_classes
         self.in_chans = in_chans
@@ -167,12 +205,13 @@ class WAEWrapper(nn.Module):
 
         self.norm_low = nn.BatchNorm2d(low_chans, affine=False) if standardize else nn.Identity()
         self.norm_high = nn.BatchNorm2d(high_chans, affine=False) if standardize and use_ih else nn.Identity()
+        self.ih_into_stem = use_stem
         self.transform_loss = TransformLoss(energy_weight)
 
         self.low_features = backbone.num_features
         self.high_features = 0
         self.ih_branch = self.fusion_head = None
-        if use_ih:
+        if use_ih and not use_stem:
             size = [max(s // 2, 32) for s in backbone.pretrained_cfg.get('input_size', (3, 224, 224))[1:]]
             self.ih_branch, self.high_features = shrink_width(backbone, width_divisor, high_chans, size)
             hidden, kernel = mlp_head_shape(backbone) or (None, 1)
@@ -185,7 +224,8 @@ class WAEWrapper(nn.Module):
                 mlp_kernel=kernel,
             )
         self.num_features = self.low_features + self.high_features
-        self.head_hidden_size = backbone.head_hidden_size + (self.fusion_head.num_features if use_ih else 0)
+        self.head_hidden_size = backbone.head_hidden_size + (
+            self.fusion_head.num_features if self.fusion_head is not None else 0)
 
         arch = _backbone_name(backbone)
         self.derived_cfg = self._derive_cfg(getattr(backbone, 'pretrained_cfg', {}))
@@ -194,7 +234,7 @@ class WAEWrapper(nn.Module):
         # create_model('wae', **model_args) rebuilds the same architecture.
         self.model_args = dict(
             backbone=arch, num_classes=self.num_classes, in_chans=in_chans, front_end=front_end,
-            use_ih=use_ih, width_divisor=width_divisor, standardize=standardize,
+            use_ih=use_ih, ih_fusion=ih_fusion, width_divisor=width_divisor, standardize=standardize,
             energy_weight=energy_weight, fusion_hidden=fusion_hidden, drop_rate=drop_rate,
             wae_width=wae_width,
             backbone_kwargs={k: v for k, v in backbone_kwargs.items() if k != 'num_classes'},
@@ -224,7 +264,8 @@ class WAEWrapper(nn.Module):
 
     @property
     def first_conv(self) -> str:
-        return 'wae.encoder.stem.0' if self.front_end_name == 'wae' else f'backbone.{self.backbone.pretrained_cfg.get("first_conv", "")}'
+        return {'wae': 'wae.encoder.stem.0', 'wae2': 'wae.encoder.analysis'}.get(
+            self.front_end_name, f'backbone.{self.backbone.pretrained_cfg.get("first_conv", "")}')
 
     # ------------------------------------------------------------------ timm model contract
     @torch.jit.ignore
@@ -274,6 +315,8 @@ class WAEWrapper(nn.Module):
         return self.wae(x)
 
     def _features(self, low: Tensor, high: Optional[Tensor]) -> Tensor:
+        if self.ih_into_stem:
+            return self.backbone.forward_features(torch.cat([self.norm_low(low), self.norm_high(high)], dim=1))
         f_low = self.backbone.forward_features(self.norm_low(low))
         if self.ih_branch is None or high is None:
             return f_low
@@ -309,7 +352,7 @@ class WAEWrapper(nn.Module):
         logits = s_low if s_fused is None else s_low + s_fused
         recon = None
         if reconstruct:
-            if self.front_end_name != 'wae':
+            if self.front_end_name not in LEARNED_FRONT_ENDS:
                 raise ValueError(f'front_end {self.front_end_name!r} has no decoder to reconstruct with')
             recon = self.wae.reconstruct(low, high, x.shape[-2:])
         return WAEOutput(logits, s_low, s_fused, low, high, recon)

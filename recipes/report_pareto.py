@@ -1,0 +1,145 @@
+"""The speed-accuracy study's table, CSV and figure, from recipes/pareto_imagenette.sh's runs.
+
+    python recipes/report_pareto.py [runs/pareto] [--csv docs/pareto_imagenette.csv] [--png docs/pareto_imagenette.png]
+
+One row per architecture (run folders ``<row>_s<seed>``; the seeds of a row are averaged, the
+spread is half their range). Errors come from ``measure/eval_<run>.json`` (all of val), timings
+and MACs from the one bench run in ``measure/bench.json`` (seed 0 of each row, each at its own
+input size). For every row that is not on the lower-resolution curve, ``lowres_err_at_ms_b8`` is
+that curve linearly interpolated at the row's batch-8 latency and ``gain_vs_lowres`` how many
+top-1 points the row is better (negative: worse); ``gain_vs_wavelet`` the same against the
+wavelet rows' curve. ``on_front``: no other row is both faster (batch 8) and more accurate.
+"""
+import argparse
+import csv
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import yaml
+
+COLUMNS = ['row', 'kind', 'img_size', 'front_end', 'ih_fusion', 'seeds', 'top1_err', 'top1_err_spread', 'top5_err',
+           'gmac', 'params_m', 'ms_b1', 'ms_b8', 'on_front', 'lowres_err_at_ms_b8', 'gain_vs_lowres',
+           'wavelet_err_at_ms_b8', 'gain_vs_wavelet']
+
+
+def kind_of(model_cfg: Dict) -> str:
+    """lowres (the plain backbone), wavelet (a fixed DWT front end), wae (the paper), wae2 (the cheap WAE)."""
+    if model_cfg.get('type') == 'timm':
+        return 'lowres'
+    front_end = model_cfg.get('front_end', 'wae')
+    return {'dwt97': 'wavelet', 'haar': 'wavelet', 'resize': 'lowres'}.get(front_end, front_end)
+
+
+def interpolate(curve: Sequence[tuple], x: float) -> Optional[float]:
+    """The piecewise-linear curve [(x, y), ...] at x; None outside its range (no extrapolation)."""
+    pts = sorted(curve)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
+
+
+def collect(runs: Path) -> List[Dict]:
+    measure = runs / 'measure'
+    bench = json.loads((measure / 'bench.json').read_text())
+    timing = {(Path(r['model']).parts[-3], r['batch_size']): r for r in bench['results']
+              if r['dtype'] == 'fp32' and not r['channels_last']}
+    groups: Dict[str, List[str]] = {}
+    for f in sorted(measure.glob('eval_*.json')):
+        run = f.stem[len('eval_'):]
+        m = re.fullmatch(r'(.+)_s(\d+)', run)
+        groups.setdefault(m.group(1) if m else run, []).append(run)
+    rows = []
+    for row, members in groups.items():
+        timed = [r for r in members if (r, 8) in timing]
+        if not timed:
+            print(f'skip {row}: not in the bench run')
+            continue
+        evals = [next(x for x in json.loads((measure / f'eval_{r}.json').read_text())['rows'] if x['noise_var'] == 0)
+                 for r in members]
+        cfg = yaml.safe_load((runs / timed[0] / 'config.yaml').read_text())
+        top1 = [e['top1_err'] for e in evals]
+        t1, t8 = timing[(timed[0], 1)], timing[(timed[0], 8)]
+        rows.append({
+            'row': row, 'kind': kind_of(cfg['model']), 'img_size': t8['img_size'],
+            'front_end': cfg['model'].get('front_end') if cfg['model'].get('type') != 'timm' else '',
+            'ih_fusion': cfg['model'].get('ih_fusion', 'branch') if cfg['model'].get('type') != 'timm' else '',
+            'seeds': len(evals), 'top1_err': statistics.mean(top1), 'top1_err_spread': (max(top1) - min(top1)) / 2,
+            'top5_err': statistics.mean(e['top5_err'] for e in evals), 'gmac': t8['gmacs'],
+            'params_m': t8['params_m'], 'ms_b1': t1['median_ms'], 'ms_b8': t8['median_ms'],
+        })
+    for r in rows:
+        r['on_front'] = not any(o is not r and o['ms_b8'] <= r['ms_b8'] and o['top1_err'] <= r['top1_err'] and
+                                (o['ms_b8'] < r['ms_b8'] or o['top1_err'] < r['top1_err']) for o in rows)
+        for kind in ('lowres', 'wavelet'):
+            curve = [(o['ms_b8'], o['top1_err']) for o in rows if o['kind'] == kind]
+            ref = interpolate(curve, r['ms_b8']) if curve and r['kind'] != kind else None
+            r[f'{kind}_err_at_ms_b8'] = ref
+            r[f'gain_vs_{kind}'] = None if ref is None else ref - r['top1_err']
+    return sorted(rows, key=lambda r: (r['kind'], r['ms_b8']))
+
+
+def write_csv(rows: List[Dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open('w', newline='') as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ('' if r[k] is None else f'{r[k]:.4f}' if isinstance(r[k], float) else r[k])
+                        for k in COLUMNS})
+
+
+def plot(rows: List[Dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, key, label in ((axes[0], 'ms_b8', 'latency, batch 8 (ms, CPU fp32, 2 threads)'),
+                           (axes[1], 'gmac', 'GMAC per image')):
+        for kind in sorted({r['kind'] for r in rows}):
+            pts = sorted((r for r in rows if r['kind'] == kind), key=lambda r: r[key])
+            ax.errorbar([p[key] for p in pts], [p['top1_err'] for p in pts], yerr=[p['top1_err_spread'] for p in pts],
+                        marker='o', capsize=3, label=kind, linestyle='-' if kind == 'lowres' else ':')
+            for p in pts:
+                ax.annotate(p['row'], (p[key], p['top1_err']), fontsize=7, xytext=(4, 3), textcoords='offset points')
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel('top-1 error % (all 3,925 val images)')
+    axes[0].legend()
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches='tight')
+    plt.close(fig)
+
+
+def markdown(rows: List[Dict]) -> str:
+    fmt = lambda v, p=2: '' if v is None else f'{v:+.{p}f}' if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ['| row | kind | px | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on front | vs lowres | vs wavelet |',
+             '|' + '---|' * 12]
+    for r in rows:
+        spread = f" ± {r['top1_err_spread']:.2f}" if r['seeds'] > 1 else ''
+        lines.append(f"| {r['row']} | {r['kind']} | {r['img_size']} | {r['seeds']} | {r['top1_err']:.2f}{spread} "
+                     f"| {r['top5_err']:.2f} | {r['gmac']:.3f} | {r['ms_b1']:.1f} | {r['ms_b8']:.1f} "
+                     f"| {'yes' if r['on_front'] else 'no'} | {fmt(r['gain_vs_lowres'])} | {fmt(r['gain_vs_wavelet'])} |")
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('runs', nargs='?', default='runs/pareto', type=Path)
+    p.add_argument('--csv', type=Path, default=Path('docs/pareto_imagenette.csv'))
+    p.add_argument('--png', type=Path, default=Path('docs/pareto_imagenette.png'))
+    args = p.parse_args(argv)
+    rows = collect(args.runs)
+    write_csv(rows, args.csv)
+    plot(rows, args.png, f'Imagenette ({args.runs.name}): resnet18 from scratch, 12 epochs, bf16 training')
+    print(markdown(rows))
+    print(f'\nwrote {args.csv} and {args.png}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

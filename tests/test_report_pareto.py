@@ -1,0 +1,81 @@
+"""recipes/report_pareto.py on a tiny fake study: the CSV's columns and the numbers behind them."""
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location('report_pareto', REPO / 'recipes' / 'report_pareto.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# run -> (model config, top-1 err, top-5 err, ms at batch 1, ms at batch 8, GMAC, input size)
+RUNS = {
+    'lowres64_s0': ({'type': 'timm'}, 30.0, 5.0, 5.0, 20.0, 0.15, 64),
+    'lowres128_s0': ({'type': 'timm'}, 20.0, 3.0, 10.0, 60.0, 0.59, 128),
+    'lowres128_s1': ({'type': 'timm'}, 21.0, 3.2, None, None, None, 128),
+    'haar_s0': ({'type': 'wae', 'front_end': 'haar'}, 27.0, 4.0, 7.0, 30.0, 0.16, 128),
+    'wae2_stem_s0': ({'type': 'wae', 'front_end': 'wae2', 'ih_fusion': 'stem'}, 22.0, 3.5, 6.0, 40.0, 0.19, 128),
+    'wae2_stem_s1': ({'type': 'wae', 'front_end': 'wae2', 'ih_fusion': 'stem'}, 23.0, 3.7, None, None, None, 128),
+}
+
+
+@pytest.fixture
+def study(tmp_path):
+    runs, measure = tmp_path / 'pareto', tmp_path / 'pareto' / 'measure'
+    measure.mkdir(parents=True)
+    results = []
+    for run, (model, top1, top5, ms1, ms8, gmac, size) in RUNS.items():
+        (runs / run).mkdir()
+        (runs / run / 'config.yaml').write_text(yaml.safe_dump({'model': model, 'data': {'img_size': size}}))
+        folder = f'{runs}/{run}/stage2/model'
+        (measure / f'eval_{run}.json').write_text(json.dumps({'rows': [
+            {'model': folder, 'noise_var': 0, 'top1_err': top1, 'top5_err': top5, 'count': 3925}]}))
+        for batch, ms in ((1, ms1), (8, ms8)):
+            if ms is not None:  # only seed 0 is timed
+                results.append({'model': folder, 'batch_size': batch, 'dtype': 'fp32', 'channels_last': False,
+                                'median_ms': ms, 'gmacs': gmac, 'params_m': 11.0, 'img_size': size})
+    (measure / 'bench.json').write_text(json.dumps({'results': results}))
+    return runs
+
+
+def test_csv_has_one_line_per_row_with_seed_means_spreads_and_the_comparison_to_the_lowres_curve(study, tmp_path):
+    report = _report()
+    csv_path, png = tmp_path / 'out.csv', tmp_path / 'out.png'
+    assert report.main([str(study), '--csv', str(csv_path), '--png', str(png)]) == 0
+    with csv_path.open() as f:
+        reader = csv.DictReader(f)
+        rows = {r['row']: r for r in reader}
+    for column in ('row', 'kind', 'img_size', 'seeds', 'top1_err', 'top1_err_spread', 'top5_err', 'gmac',
+                   'ms_b1', 'ms_b8', 'on_front', 'gain_vs_lowres', 'gain_vs_wavelet'):
+        assert column in reader.fieldnames, column
+    assert set(rows) == {'lowres64', 'lowres128', 'haar', 'wae2_stem'}
+    wae2, lowres128, haar = rows['wae2_stem'], rows['lowres128'], rows['haar']
+    assert (wae2['kind'], wae2['ih_fusion'], wae2['seeds'], lowres128['kind'], haar['kind']) == \
+        ('wae2', 'stem', '2', 'lowres', 'wavelet')
+    assert float(wae2['top1_err']) == pytest.approx(22.5) and float(wae2['top1_err_spread']) == pytest.approx(0.5)
+    assert float(lowres128['top5_err']) == pytest.approx(3.1)
+    # the lowres curve through (20 ms, 30 %) and (60 ms, 20.5 %) at 40 ms: 25.25 %, so 2.75 points better
+    assert float(wae2['lowres_err_at_ms_b8']) == pytest.approx(25.25)
+    assert float(wae2['gain_vs_lowres']) == pytest.approx(2.75)
+    assert float(haar['gain_vs_lowres']) == pytest.approx(30 - 2.375 - 27)
+    assert wae2['gain_vs_wavelet'] == ''  # 40 ms is outside the wavelet curve (one point at 30 ms)
+    assert rows['lowres128']['gain_vs_lowres'] == ''
+    assert {r for r, v in rows.items() if v['on_front'] == 'True'} == {'lowres64', 'haar', 'wae2_stem', 'lowres128'}
+    assert png.stat().st_size > 10_000
+
+
+def test_a_dominated_row_is_off_the_front(study, tmp_path):
+    (study / 'measure' / 'eval_haar_s0.json').write_text(json.dumps({'rows': [
+        {'model': f'{study}/haar_s0/stage2/model', 'noise_var': 0, 'top1_err': 31.0, 'top5_err': 4.0}]}))
+    rows = {r['row']: r for r in _report().collect(study)}
+    assert not rows['haar']['on_front'] and rows['wae2_stem']['on_front']
+    assert rows['haar']['gain_vs_lowres'] == pytest.approx(27.625 - 31.0)
