@@ -12,6 +12,9 @@ export OUT=${OUT:-runs/pareto} PRECISION=${PRECISION:-bf16} STEP=${STEP:-all}
 export BUDGET="data.max_per_class=null data.val_max_per_class=100 data.workers=0 stage1.epochs=2
   stage1.decay_epochs=1 stage2.epochs=12 stage3.epochs=1 $*"
 mkdir -p "$OUT"
+# ft_*: converting the trained lowres128_s0 network: 2 epochs of fine-tuning at lr 0.01, distilled from it
+# (the same budget, schedule and teacher for every ft_ row).
+CONVERT="stage2.epochs=2 stage2.lr=0.01 stage2.warmup_epochs=0 distill.teacher=$OUT/lowres128_s0/stage2/model"
 # NAME CONFIG OVERRIDES. Order = priority: the rows that decide the front first, second seeds last.
 # lowres<N>: the plain backbone trained and evaluated at N px (what a user would do instead);
 # lowres128 is also the full-resolution network every other row is compared with.
@@ -32,7 +35,12 @@ haar_s1 wavelet_cnn seed=1 model.front_end=haar
 wae2_s1 wae2 seed=1
 lowres64_s1 full_resolution seed=1 data.img_size=64
 lowres112_s1 full_resolution seed=1 data.img_size=112
-lowres128_s1 full_resolution seed=1 data.img_size=128"
+lowres128_s1 full_resolution seed=1 data.img_size=128
+ft_wae2_stem_s0 wae2_stem seed=0 $CONVERT model.backbone_from=$OUT/lowres128_s0/stage2/model
+ft_lowres64_s0 full_resolution seed=0 data.img_size=64 $CONVERT init_from=$OUT/lowres128_s0/stage2/model
+ft_lowres80_s0 full_resolution seed=0 data.img_size=80 $CONVERT init_from=$OUT/lowres128_s0/stage2/model
+ft_lowres96_s0 full_resolution seed=0 data.img_size=96 $CONVERT init_from=$OUT/lowres128_s0/stage2/model
+ft_wae2_s0 wae2 seed=0 $CONVERT model.backbone_from=$OUT/lowres128_s0/stage2/model"
 if [ -n "${ROWS:-}" ]; then
   JOBS=$(echo "$JOBS" | grep -E "^($(echo "$ROWS" | tr ',' '|')) ")
 fi

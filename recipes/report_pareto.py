@@ -8,7 +8,9 @@ and MACs from the one bench run in ``measure/bench.json`` (seed 0 of each row, e
 input size). For every row that is not on the lower-resolution curve, ``lowres_err_at_ms_b8`` is
 that curve linearly interpolated at the row's batch-8 latency and ``gain_vs_lowres`` how many
 top-1 points the row is better (negative: worse); ``gain_vs_wavelet`` the same against the
-wavelet rows' curve. ``on_front``: no other row is both faster (batch 8) and more accurate.
+wavelet rows' curve. ``study`` is 'scratch' (trained from scratch) or 'converted' (fine-tuned from a
+trained network: ``init_from`` / ``model.backbone_from``); rows are compared within their study.
+``on_front``: no other row of the study is both faster (batch 8) and more accurate.
 """
 import argparse
 import csv
@@ -20,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-COLUMNS = ['row', 'kind', 'img_size', 'front_end', 'ih_fusion', 'seeds', 'top1_err', 'top1_err_spread', 'top5_err',
+COLUMNS = ['row', 'kind', 'study', 'img_size', 'front_end', 'ih_fusion', 'seeds', 'top1_err', 'top1_err_spread', 'top5_err',
            'gmac', 'params_m', 'ms_b1', 'ms_b8', 'on_front', 'lowres_err_at_ms_b8', 'gain_vs_lowres',
            'wavelet_err_at_ms_b8', 'gain_vs_wavelet']
 
@@ -61,10 +63,12 @@ def collect(runs: Path) -> List[Dict]:
         evals = [next(x for x in json.loads((measure / f'eval_{r}.json').read_text())['rows'] if x['noise_var'] == 0)
                  for r in members]
         cfg = yaml.safe_load((runs / timed[0] / 'config.yaml').read_text())
+        converted = cfg.get('init_from') or cfg['model'].get('backbone_from')
         top1 = [e['top1_err'] for e in evals]
         t1, t8 = timing[(timed[0], 1)], timing[(timed[0], 8)]
         rows.append({
-            'row': row, 'kind': kind_of(cfg['model']), 'img_size': t8['img_size'],
+            'row': row, 'kind': kind_of(cfg['model']), 'study': 'converted' if converted else 'scratch',
+            'img_size': t8['img_size'],
             'front_end': cfg['model'].get('front_end') if cfg['model'].get('type') != 'timm' else '',
             'ih_fusion': cfg['model'].get('ih_fusion', 'branch') if cfg['model'].get('type') != 'timm' else '',
             'seeds': len(evals), 'top1_err': statistics.mean(top1), 'top1_err_spread': (max(top1) - min(top1)) / 2,
@@ -72,14 +76,15 @@ def collect(runs: Path) -> List[Dict]:
             'params_m': t8['params_m'], 'ms_b1': t1['median_ms'], 'ms_b8': t8['median_ms'],
         })
     for r in rows:
+        peers = [o for o in rows if o['study'] == r['study']]
         r['on_front'] = not any(o is not r and o['ms_b8'] <= r['ms_b8'] and o['top1_err'] <= r['top1_err'] and
-                                (o['ms_b8'] < r['ms_b8'] or o['top1_err'] < r['top1_err']) for o in rows)
+                                (o['ms_b8'] < r['ms_b8'] or o['top1_err'] < r['top1_err']) for o in peers)
         for kind in ('lowres', 'wavelet'):
-            curve = [(o['ms_b8'], o['top1_err']) for o in rows if o['kind'] == kind]
+            curve = [(o['ms_b8'], o['top1_err']) for o in peers if o['kind'] == kind]
             ref = interpolate(curve, r['ms_b8']) if curve and r['kind'] != kind else None
             r[f'{kind}_err_at_ms_b8'] = ref
             r[f'gain_vs_{kind}'] = None if ref is None else ref - r['top1_err']
-    return sorted(rows, key=lambda r: (r['kind'], r['ms_b8']))
+    return sorted(rows, key=lambda r: (r['study'] != 'scratch', r['kind'], r['ms_b8']))
 
 
 def write_csv(rows: List[Dict], path: Path) -> None:
@@ -99,10 +104,12 @@ def plot(rows: List[Dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for ax, key, label in ((axes[0], 'ms_b8', 'latency, batch 8 (ms, CPU fp32, 2 threads)'),
                            (axes[1], 'gmac', 'GMAC per image')):
-        for kind in sorted({r['kind'] for r in rows}):
-            pts = sorted((r for r in rows if r['kind'] == kind), key=lambda r: r[key])
+        for study, kind in sorted({(r['study'], r['kind']) for r in rows}):
+            pts = sorted((r for r in rows if (r['study'], r['kind']) == (study, kind)), key=lambda r: r[key])
             ax.errorbar([p[key] for p in pts], [p['top1_err'] for p in pts], yerr=[p['top1_err_spread'] for p in pts],
-                        marker='o', capsize=3, label=kind, linestyle='-' if kind == 'lowres' else ':')
+                        marker='o' if study == 'scratch' else 's', capsize=3,
+                        label=kind if study == 'scratch' else f'{kind} ({study})',
+                        linestyle='-' if kind == 'lowres' else ':')
             for p in pts:
                 ax.annotate(p['row'], (p[key], p['top1_err']), fontsize=7, xytext=(4, 3), textcoords='offset points')
         ax.set_xlabel(label)
@@ -117,11 +124,11 @@ def plot(rows: List[Dict], path: Path, title: str) -> None:
 
 def markdown(rows: List[Dict]) -> str:
     fmt = lambda v, p=2: '' if v is None else f'{v:+.{p}f}' if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ['| row | kind | px | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on front | vs lowres | vs wavelet |',
-             '|' + '---|' * 12]
+    lines = ['| row | kind | study | px | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on front | vs lowres | vs wavelet |',
+             '|' + '---|' * 13]
     for r in rows:
         spread = f" ± {r['top1_err_spread']:.2f}" if r['seeds'] > 1 else ''
-        lines.append(f"| {r['row']} | {r['kind']} | {r['img_size']} | {r['seeds']} | {r['top1_err']:.2f}{spread} "
+        lines.append(f"| {r['row']} | {r['kind']} | {r['study']} | {r['img_size']} | {r['seeds']} | {r['top1_err']:.2f}{spread} "
                      f"| {r['top5_err']:.2f} | {r['gmac']:.3f} | {r['ms_b1']:.1f} | {r['ms_b8']:.1f} "
                      f"| {'yes' if r['on_front'] else 'no'} | {fmt(r['gain_vs_lowres'])} | {fmt(r['gain_vs_wavelet'])} |")
     return '\n'.join(lines)

@@ -23,7 +23,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
@@ -81,6 +81,7 @@ class ModelConfig:
     ih_fusion: str = 'branch'           # 'branch' (quarter-width copy, the paper) or 'stem' (backbone's input)
     num_classes: Optional[int] = None   # None: the number of class folders
     pretrained_backbone: bool = False
+    backbone_from: Optional[str] = None  # a trained model folder (plain backbone) the backbone starts from
     wae_width: int = 16
     width_divisor: int = 4
     energy_weight: float = 0.25         # λ on per-element means (= the paper's λ = 1 on sums)
@@ -280,11 +281,23 @@ def train_loader(dataset, batch_size: int, cfg: Config, accelerator: Accelerator
 
 
 # =============================================================================== model and losses
+def trained_backbone(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """``backbone_from``'s model with its weights: converting a trained network into a WAE model."""
+    from timm_wae.hub import create_model
+    model = create_model(str(resolve(cfg.backbone_from)), pretrained=True)
+    arch = model.pretrained_cfg.get('architecture')
+    if arch != cfg.backbone or model.num_classes != num_classes:
+        raise ValueError(f'model.backbone_from={cfg.backbone_from!r} is a {arch!r} with {model.num_classes} classes; '
+                         f'this run needs a {cfg.backbone!r} with {num_classes}')
+    return model
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.type == 'timm':  # the full-resolution baseline: the backbone itself
         return timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, num_classes=num_classes,
                                  drop_rate=cfg.drop_rate)
-    return WAEWrapper(cfg.backbone, num_classes=num_classes, front_end=cfg.front_end, use_ih=cfg.use_ih,
+    backbone = trained_backbone(cfg, num_classes) if cfg.backbone_from else cfg.backbone
+    return WAEWrapper(backbone, num_classes=num_classes, front_end=cfg.front_end, use_ih=cfg.use_ih,
                       ih_fusion=cfg.ih_fusion,
                       width_divisor=cfg.width_divisor, energy_weight=cfg.energy_weight, drop_rate=cfg.drop_rate,
                       wae_width=cfg.wae_width, pretrained_backbone=cfg.pretrained_backbone)
@@ -718,7 +731,7 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
     accelerator.wait_for_everyone()
 
     # the data pipeline follows the model's timm data config (mean, std, interpolation, crop)
-    probe = build_model(cfg.model, cfg.model.num_classes or 2)
+    probe = build_model(replace(cfg.model, backbone_from=None), cfg.model.num_classes or 2)  # no weights needed
     dc = model_data_config(probe, cfg.data)
     del probe
     train_set, val_set, classes = build_datasets(cfg.data, dc, accelerator)
@@ -760,6 +773,8 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
         teacher = load_teacher(spec, len(classes)).to(accelerator.device)
         accelerator.print(f'distillation: teacher {cfg.distill.teacher} at {teacher.input_size} px, '
                           f'weight {cfg.distill.weight}, temperature {cfg.distill.temperature}')
+    if cfg.model.backbone_from is not None:
+        trained_backbone(cfg.model, len(classes))  # the same check, before any stage starts
     init = resolve(cfg.init_from)
     for stage in cfg.stages:
         try:

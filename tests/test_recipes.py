@@ -333,7 +333,7 @@ TINY = ['data.img_size=32', 'data.max_per_class=6', 'data.eval_batch_size=8', 'd
 
 
 @pytest.mark.parametrize('name', ['wae', 'wae_no_stage3', 'il_only', 'full_resolution', 'ir', 'wavelet_cnn',
-                                  'decomposition_cnn'])
+                                  'decomposition_cnn', 'wae2', 'wae2_stem'])
 def test_each_imagenette_config_trains_what_its_row_needs(name, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv('TIMM_WAE_CACHE', str(tmp_path / 'cache'))
     out = tmp_path / 'run'
@@ -349,7 +349,15 @@ def test_each_imagenette_config_trains_what_its_row_needs(name, data_root, tmp_p
         return
     args = config_json['model_args']
     assert args['front_end'] == cfg.model.front_end and args['use_ih'] == cfg.model.use_ih
-    assert any(k.startswith('ih_branch.') for k in state) == cfg.model.use_ih
+    assert args['ih_fusion'] == cfg.model.ih_fusion
+    branch = cfg.model.use_ih and cfg.model.ih_fusion == 'branch'
+    assert any(k.startswith('ih_branch.') for k in state) == branch
+    if name.startswith('wae2'):  # end to end from the Haar start: the encoder moved, IH fed where configured
+        train.set_seed(cfg.seed + 2)
+        init = train.build_model(cfg.model, 3).state_dict()
+        assert not torch.equal(state['wae.encoder.analysis.weight'], init['wae.encoder.analysis.weight'])
+        first = train.build_model(cfg.model, 3).backbone.pretrained_cfg['first_conv']
+        assert state[f'backbone.{first}.weight'].shape[1] == (3 if branch else 12)
     if name == 'decomposition_cnn':  # encoder trained on Lc alone, decoder never touched
         train.set_seed(cfg.seed + 2)
         init = train.build_model(cfg.model, 3).state_dict()
@@ -382,3 +390,32 @@ def test_a_single_stage_starts_from_init_from(reference, data_root, tmp_path, mo
     wae = [k for k in init if k.startswith('wae.')]
     assert wae and all(torch.equal(init[k], trained[k]) for k in wae)  # loaded, then frozen
     assert any(not torch.equal(init[k], trained[k]) for k in init if k.startswith('backbone.'))
+
+
+def test_converting_a_trained_network_with_distillation(data_root, tmp_path, monkeypatch):
+    """The speed-accuracy study's ft_ rows: a trained plain network becomes the WAE model's backbone
+    and its teacher; a teacher or backbone that does not fit is refused before any training."""
+    monkeypatch.setenv('TIMM_WAE_CACHE', str(tmp_path / 'cache'))
+    trained = tmp_path / 'full'
+    assert train.main([str(CONFIGS / 'full_resolution.yaml'), f'data.root={data_root}', f'output_dir={trained}',
+                       *TINY]) == 0
+    teacher = trained / 'stage2' / 'model'
+    out = tmp_path / 'ft'
+    assert train.main([str(CONFIGS / 'wae2_stem.yaml'), f'data.root={data_root}', f'output_dir={out}', *TINY,
+                       f'model.backbone_from={teacher}', f'distill.teacher={teacher}', 'distill.temperature=2']) == 0
+    train_lines = [r for r in metrics(out) if r.get('split') == 'train']
+    assert train_lines and all(r['kd'] >= 0 and r['loss'] == pytest.approx(r['lc'] + r['kd'], rel=1e-5)
+                               for r in train_lines)
+    # the backbone started from the trained one: at step 0 the IL part of conv1 is the trained conv1
+    cfg = train.load_config(CONFIGS / 'wae2_stem.yaml', [*TINY, f'model.backbone_from={teacher}'])
+    start = train.build_model(cfg.model, 3)
+    first = start.backbone.pretrained_cfg['first_conv']
+    torch.testing.assert_close(start.backbone.get_submodule(first).weight[:, :3], weights(teacher)[f'{first}.weight'])
+
+    for bad, message in ((['distill.teacher=' + str(tmp_path / 'nowhere')], 'could not load the distillation teacher'),
+                         ([f'distill.teacher={teacher}', 'model.num_classes=5'], 'num_classes=5'),
+                         ([f'model.backbone_from={teacher}', 'model.backbone=resnet18'], "this run needs a 'resnet18'")):
+        out = tmp_path / f'bad{len(message)}'
+        with pytest.raises(ValueError, match=message):
+            train.main([str(CONFIGS / 'wae2_stem.yaml'), f'data.root={data_root}', f'output_dir={out}', *TINY, *bad])
+        assert not (out / 'stage2').exists()  # refused before training

@@ -25,6 +25,11 @@ RUNS = {
     'haar_s0': ({'type': 'wae', 'front_end': 'haar'}, 27.0, 4.0, 7.0, 30.0, 0.16, 128),
     'wae2_stem_s0': ({'type': 'wae', 'front_end': 'wae2', 'ih_fusion': 'stem'}, 22.0, 3.5, 6.0, 40.0, 0.19, 128),
     'wae2_stem_s1': ({'type': 'wae', 'front_end': 'wae2', 'ih_fusion': 'stem'}, 23.0, 3.7, None, None, None, 128),
+    # converted from a trained network: compared with each other only
+    'ft_lowres64_s0': ({'type': 'timm', 'init': 'x'}, 28.0, 4.0, 5.0, 20.0, 0.15, 64),
+    'ft_lowres96_s0': ({'type': 'timm', 'init': 'x'}, 24.0, 3.4, 7.0, 40.0, 0.33, 96),
+    'ft_wae2_stem_s0': ({'type': 'wae', 'front_end': 'wae2', 'ih_fusion': 'stem', 'backbone_from': 'x'},
+                        23.0, 3.4, 6.0, 30.0, 0.19, 128),
 }
 
 
@@ -35,7 +40,10 @@ def study(tmp_path):
     results = []
     for run, (model, top1, top5, ms1, ms8, gmac, size) in RUNS.items():
         (runs / run).mkdir()
-        (runs / run / 'config.yaml').write_text(yaml.safe_dump({'model': model, 'data': {'img_size': size}}))
+        model = dict(model)
+        init = model.pop('init', None)
+        (runs / run / 'config.yaml').write_text(yaml.safe_dump({'model': model, 'init_from': init,
+                                                                'data': {'img_size': size}}))
         folder = f'{runs}/{run}/stage2/model'
         (measure / f'eval_{run}.json').write_text(json.dumps({'rows': [
             {'model': folder, 'noise_var': 0, 'top1_err': top1, 'top5_err': top5, 'count': 3925}]}))
@@ -57,7 +65,7 @@ def test_csv_has_one_line_per_row_with_seed_means_spreads_and_the_comparison_to_
     for column in ('row', 'kind', 'img_size', 'seeds', 'top1_err', 'top1_err_spread', 'top5_err', 'gmac',
                    'ms_b1', 'ms_b8', 'on_front', 'gain_vs_lowres', 'gain_vs_wavelet'):
         assert column in reader.fieldnames, column
-    assert set(rows) == {'lowres64', 'lowres128', 'haar', 'wae2_stem'}
+    assert set(rows) == {'lowres64', 'lowres128', 'haar', 'wae2_stem', 'ft_lowres64', 'ft_lowres96', 'ft_wae2_stem'}
     wae2, lowres128, haar = rows['wae2_stem'], rows['lowres128'], rows['haar']
     assert (wae2['kind'], wae2['ih_fusion'], wae2['seeds'], lowres128['kind'], haar['kind']) == \
         ('wae2', 'stem', '2', 'lowres', 'wavelet')
@@ -69,7 +77,11 @@ def test_csv_has_one_line_per_row_with_seed_means_spreads_and_the_comparison_to_
     assert float(haar['gain_vs_lowres']) == pytest.approx(30 - 2.375 - 27)
     assert wae2['gain_vs_wavelet'] == ''  # 40 ms is outside the wavelet curve (one point at 30 ms)
     assert rows['lowres128']['gain_vs_lowres'] == ''
-    assert {r for r, v in rows.items() if v['on_front'] == 'True'} == {'lowres64', 'haar', 'wae2_stem', 'lowres128'}
+    assert {r for r, v in rows.items() if v['on_front'] == 'True'} == {
+        'lowres64', 'haar', 'wae2_stem', 'lowres128', 'ft_lowres64', 'ft_wae2_stem'}
+    ft = rows['ft_wae2_stem']  # against the converted lowres curve: 26 % at 30 ms
+    assert (ft['study'], rows['ft_lowres64']['study'], wae2['study']) == ('converted', 'converted', 'scratch')
+    assert float(ft['lowres_err_at_ms_b8']) == pytest.approx(26.0) and float(ft['gain_vs_lowres']) == pytest.approx(3.0)
     assert png.stat().st_size > 10_000
 
 

@@ -161,7 +161,7 @@ class HalfResolutionEncoder(nn.Module):
     3x3 refinement at half resolution (starts at zero).
 
     Every conv runs on a quarter of the pixels, so at 224 px (width 16) it costs 45 MMAC where the
-    paper's encoder costs 261. Before training ``forward`` *is* the orthonormal Haar DWT
+    paper's encoder costs 264 (17 %), and about 16 % of its time on this project's CPU. Before training ``forward`` *is* the orthonormal Haar DWT
     (``HaarDWT``), so a learned encoder can only move away from the fixed wavelet if that lowers
     the training loss.
     """
@@ -177,8 +177,11 @@ class HalfResolutionEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         check_image(x, self.in_chans)
-        y = self.refine(self.analysis(F.pixel_unshuffle(pad_to_even(x), 2)))
-        return y[:, :self.in_chans], y[:, self.in_chans:]
+        y = F.pixel_unshuffle(pad_to_even(x), 2)
+        if y.device.type == 'cpu':  # 12/16-channel convs: channels_last is ~1.5x faster in oneDNN (measured)
+            y = y.contiguous(memory_format=torch.channels_last)
+        y = self.refine(self.analysis(y))
+        return y[:, :self.in_chans].contiguous(), y[:, self.in_chans:].contiguous()
 
 
 class HalfResolutionDecoder(nn.Module):
