@@ -172,13 +172,14 @@ def test_registered_models_are_listed_and_wae_vgg16_has_the_released_layout():
     assert model.fusion_head.pre_logits.fc1.out_features == 2048
 
 
-@pytest.mark.parametrize('name', ['wae_resnet18', 'wae_vgg11', 'wae'])
+@pytest.mark.parametrize('name', ['wae_resnet18', 'wae_vgg11', 'wae', 'wae2_resnet18', 'wae2_mobilenetv3_large_100'])
 def test_registered_cfgs_name_layers_that_exist(name):
     with torch.device('meta'):
         model = timm.create_model(name, num_classes=3)
     state = model.state_dict()
     assert model.pretrained_cfg['first_conv'] + '.weight' in state
-    for classifier in model.pretrained_cfg['classifier']:
+    classifiers = model.pretrained_cfg['classifier']
+    for classifier in [classifiers] if isinstance(classifiers, str) else classifiers:
         assert classifier + '.weight' in state, classifier
 
 
@@ -245,3 +246,16 @@ def test_wae2_saves_and_reloads_with_its_fusion(tmp_path):
     loaded = create_model(str(tmp_path / 'm')).eval()
     assert loaded.ih_fusion == 'stem' and loaded.front_end_name == 'wae2'
     torch.testing.assert_close(loaded(X), model(X))
+
+
+def test_wae2_models_are_registered_with_their_backbones_transform_and_reload_from_a_folder(tmp_path):
+    from timm_wae.hub import create_model, save_pretrained
+    assert set(timm.list_models('wae2_*')) == {'wae2_resnet18', 'wae2_resnet50', 'wae2_efficientnet_b0',
+                                                'wae2_mobilenetv3_large_100'}
+    model = timm.create_model('wae2_mobilenetv3_large_100.imagenette').eval()
+    assert (model.front_end_name, model.ih_fusion, model.num_classes) == ('wae2', 'stem', 10)
+    inner = timm.models.get_pretrained_cfg('mobilenetv3_large_100')
+    assert (model.pretrained_cfg['crop_pct'], model.pretrained_cfg['interpolation']) == (inner.crop_pct, inner.interpolation)
+    x = torch.randn(2, 3, 128, 128)
+    save_pretrained(model, tmp_path / 'm')
+    torch.testing.assert_close(create_model(str(tmp_path / 'm')).eval()(x), model(x))

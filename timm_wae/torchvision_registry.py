@@ -80,8 +80,8 @@ def _make_builder(model_name: str, weights_enum: type) -> Callable[..., Any]:
 
 
 def register_torchvision_models() -> None:
-    """Register every ``wae_*`` timm model with torchvision (idempotent)."""
-    for name in timm.list_models('wae_*'):
+    """Register every ``wae_*`` and ``wae2_*`` timm model with torchvision (idempotent)."""
+    for name in timm.list_models(['wae_*', 'wae2_*']):
         if name in BUILTIN_MODELS:
             continue
         tags = [t for t in timm.list_pretrained(f'{name}.*')]

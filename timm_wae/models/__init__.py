@@ -1,4 +1,4 @@
 """Registered timm models; importing this package registers them."""
-from . import wae_generic, wae_resnet, wae_vgg  # noqa: F401
+from . import wae2, wae_generic, wae_resnet, wae_vgg  # noqa: F401
 from ._factory import HUB_ORG
 from .wae_vgg import released_vgg

@@ -1,0 +1,69 @@
+"""WAE2: the cheap half-resolution WAE, the project's speed-accuracy choice (MODEL_CARD.md, "Speed-accuracy front").
+
+What changes against the paper's ``wae_*`` models (which stay as the reproduction):
+- the encoder (``front_end='wae2'``) runs at half resolution after a space-to-depth and starts as
+  the exact Haar DWT: 17 % of the paper encoder's MACs, and before any training it is the fixed
+  wavelet, so learning can only move it where the loss improves;
+- IH is the 9 detail channels and joins IL as extra input channels of the backbone's first conv
+  (``ih_fusion='stem'``): no quarter-width second network, whose narrow layers run far below the
+  backbone's efficiency on a CPU. ``ih_fusion='branch'`` keeps the paper's IH branch.
+"""
+from typing import Any, Dict
+
+from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+
+from ..wrapper import WAEWrapper
+from ._factory import create_wae, hub_cfgs
+
+IH_FUSION = 'stem'  # the default of every wae2_* model
+
+# model name -> backbone; each backbone's own eval transform is what the recipes train with
+_BACKBONES = {
+    'wae2_resnet18': 'resnet18',
+    'wae2_resnet50': 'resnet50',
+    'wae2_efficientnet_b0': 'efficientnet_b0',
+    'wae2_mobilenetv3_large_100': 'mobilenetv3_large_100',
+}
+
+
+def _cfgs(name: str, backbone: str) -> Dict[str, Dict[str, Any]]:
+    inner = get_pretrained_cfg(backbone)
+    transform = dict(interpolation=inner.interpolation, crop_pct=inner.crop_pct)
+    classifier = f'backbone.{inner.classifier}'
+    if IH_FUSION == 'branch':
+        classifier = (classifier, 'fusion_head.head.fc')
+    return hub_cfgs(name, classifier=classifier, imagenette=transform, first_conv='wae.encoder.analysis')
+
+
+default_cfgs = generate_default_cfgs({
+    tag: cfg for name, backbone in _BACKBONES.items() for tag, cfg in _cfgs(name, backbone).items()
+})
+
+
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> WAEWrapper:
+    args = dict(backbone=_BACKBONES[variant], front_end='wae2', ih_fusion=IH_FUSION)
+    return create_wae(variant, pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def wae2_resnet18(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE2 + ResNet-18: Haar-started half-resolution encoder, IH into the first conv."""
+    return _create('wae2_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def wae2_resnet50(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE2 + ResNet-50."""
+    return _create('wae2_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def wae2_efficientnet_b0(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE2 + EfficientNet-B0: the cheap encoder keeps a mobile backbone faster than at full resolution."""
+    return _create('wae2_efficientnet_b0', pretrained, **kwargs)
+
+
+@register_model
+def wae2_mobilenetv3_large_100(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE2 + MobileNetV3-Large 1.0."""
+    return _create('wae2_mobilenetv3_large_100', pretrained, **kwargs)
