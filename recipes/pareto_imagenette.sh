@@ -15,32 +15,36 @@ mkdir -p "$OUT"
 # ft_*: converting the trained lowres128_s0 network: 2 epochs of fine-tuning at lr 0.01, distilled from it
 # (the same budget, schedule and teacher for every ft_ row).
 CONVERT="stage2.epochs=2 stage2.lr=0.01 stage2.warmup_epochs=0 distill.teacher=$OUT/lowres128_s0/stage2/model"
-# NAME CONFIG OVERRIDES. Order = priority: the rows that decide the front first, second seeds last.
+# NAME CONFIG OVERRIDES. Order = priority: the rows that decide the front first (the cheap ft_ rows as soon
+# as lowres128_s0, their start and teacher, is done), second seeds of the rows near the front next.
 # lowres<N>: the plain backbone trained and evaluated at N px (what a user would do instead);
-# lowres128 is also the full-resolution network every other row is compared with.
+# lowres128 is also the full-resolution network every other row is compared with; mnv3_*: the
+# same study's two ends on mobilenetv3_large_100.
 JOBS="lowres128_s0 full_resolution seed=0 data.img_size=128
 lowres64_s0 full_resolution seed=0 data.img_size=64
 lowres96_s0 full_resolution seed=0 data.img_size=96
 haar_s0 wavelet_cnn seed=0 model.front_end=haar
 lowres80_s0 full_resolution seed=0 data.img_size=80
 wae2_stem_s0 wae2_stem seed=0
-wae2_s0 wae2 seed=0
-lowres112_s0 full_resolution seed=0 data.img_size=112
-dwt97_s0 wavelet_cnn seed=0
-wae_s0 wae seed=0
-wae2_stem_s1 wae2_stem seed=1
-lowres80_s1 full_resolution seed=1 data.img_size=80
-lowres96_s1 full_resolution seed=1 data.img_size=96
-haar_s1 wavelet_cnn seed=1 model.front_end=haar
-wae2_s1 wae2 seed=1
-lowres64_s1 full_resolution seed=1 data.img_size=64
-lowres112_s1 full_resolution seed=1 data.img_size=112
-lowres128_s1 full_resolution seed=1 data.img_size=128
 ft_wae2_stem_s0 wae2_stem seed=0 $CONVERT model.backbone_from=$OUT/lowres128_s0/stage2/model
 ft_lowres64_s0 full_resolution seed=0 data.img_size=64 $CONVERT init_from=$OUT/lowres128_s0/stage2/model
 ft_lowres80_s0 full_resolution seed=0 data.img_size=80 $CONVERT init_from=$OUT/lowres128_s0/stage2/model
 ft_lowres96_s0 full_resolution seed=0 data.img_size=96 $CONVERT init_from=$OUT/lowres128_s0/stage2/model
-ft_wae2_s0 wae2 seed=0 $CONVERT model.backbone_from=$OUT/lowres128_s0/stage2/model"
+wae2_s0 wae2 seed=0
+lowres112_s0 full_resolution seed=0 data.img_size=112
+dwt97_s0 wavelet_cnn seed=0
+wae2_stem_s1 wae2_stem seed=1
+lowres80_s1 full_resolution seed=1 data.img_size=80
+lowres96_s1 full_resolution seed=1 data.img_size=96
+mnv3_lowres128_s0 full_resolution seed=0 data.img_size=128 model.backbone=mobilenetv3_large_100
+mnv3_wae2_stem_s0 wae2_stem seed=0 model.backbone=mobilenetv3_large_100
+wae_s0 wae seed=0
+haar_s1 wavelet_cnn seed=1 model.front_end=haar
+lowres64_s1 full_resolution seed=1 data.img_size=64
+lowres128_s1 full_resolution seed=1 data.img_size=128
+ft_wae2_s0 wae2 seed=0 $CONVERT model.backbone_from=$OUT/lowres128_s0/stage2/model
+wae2_s1 wae2 seed=1
+lowres112_s1 full_resolution seed=1 data.img_size=112"
 if [ -n "${ROWS:-}" ]; then
   JOBS=$(echo "$JOBS" | grep -E "^($(echo "$ROWS" | tr ',' '|')) ")
 fi

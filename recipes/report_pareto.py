@@ -9,8 +9,9 @@ input size). For every row that is not on the lower-resolution curve, ``lowres_e
 that curve linearly interpolated at the row's batch-8 latency and ``gain_vs_lowres`` how many
 top-1 points the row is better (negative: worse); ``gain_vs_wavelet`` the same against the
 wavelet rows' curve. ``study`` is 'scratch' (trained from scratch) or 'converted' (fine-tuned from a
-trained network: ``init_from`` / ``model.backbone_from``); rows are compared within their study.
-``on_front``: no other row of the study is both faster (batch 8) and more accurate.
+trained network: ``init_from`` / ``model.backbone_from``); rows are compared within their study and
+backbone. ``on_front``: no other row of the same study and backbone is both faster (batch 8) and
+more accurate.
 """
 import argparse
 import csv
@@ -22,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-COLUMNS = ['row', 'kind', 'study', 'img_size', 'front_end', 'ih_fusion', 'seeds', 'top1_err', 'top1_err_spread', 'top5_err',
+COLUMNS = ['row', 'kind', 'study', 'backbone', 'img_size', 'front_end', 'ih_fusion', 'seeds', 'top1_err', 'top1_err_spread', 'top5_err',
            'gmac', 'params_m', 'ms_b1', 'ms_b8', 'on_front', 'lowres_err_at_ms_b8', 'gain_vs_lowres',
            'wavelet_err_at_ms_b8', 'gain_vs_wavelet']
 
@@ -68,6 +69,7 @@ def collect(runs: Path) -> List[Dict]:
         t1, t8 = timing[(timed[0], 1)], timing[(timed[0], 8)]
         rows.append({
             'row': row, 'kind': kind_of(cfg['model']), 'study': 'converted' if converted else 'scratch',
+            'backbone': cfg['model'].get('backbone', 'resnet18'),
             'img_size': t8['img_size'],
             'front_end': cfg['model'].get('front_end') if cfg['model'].get('type') != 'timm' else '',
             'ih_fusion': cfg['model'].get('ih_fusion', 'branch') if cfg['model'].get('type') != 'timm' else '',
@@ -76,7 +78,7 @@ def collect(runs: Path) -> List[Dict]:
             'params_m': t8['params_m'], 'ms_b1': t1['median_ms'], 'ms_b8': t8['median_ms'],
         })
     for r in rows:
-        peers = [o for o in rows if o['study'] == r['study']]
+        peers = [o for o in rows if (o['study'], o['backbone']) == (r['study'], r['backbone'])]
         r['on_front'] = not any(o is not r and o['ms_b8'] <= r['ms_b8'] and o['top1_err'] <= r['top1_err'] and
                                 (o['ms_b8'] < r['ms_b8'] or o['top1_err'] < r['top1_err']) for o in peers)
         for kind in ('lowres', 'wavelet'):
@@ -84,7 +86,8 @@ def collect(runs: Path) -> List[Dict]:
             ref = interpolate(curve, r['ms_b8']) if curve and r['kind'] != kind else None
             r[f'{kind}_err_at_ms_b8'] = ref
             r[f'gain_vs_{kind}'] = None if ref is None else ref - r['top1_err']
-    return sorted(rows, key=lambda r: (r['study'] != 'scratch', r['kind'], r['ms_b8']))
+    return sorted(rows, key=lambda r: (r['backbone'] != 'resnet18', r['backbone'], r['study'] != 'scratch',
+                                       r['kind'], r['ms_b8']))
 
 
 def write_csv(rows: List[Dict], path: Path) -> None:
@@ -104,11 +107,13 @@ def plot(rows: List[Dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for ax, key, label in ((axes[0], 'ms_b8', 'latency, batch 8 (ms, CPU fp32, 2 threads)'),
                            (axes[1], 'gmac', 'GMAC per image')):
-        for study, kind in sorted({(r['study'], r['kind']) for r in rows}):
-            pts = sorted((r for r in rows if (r['study'], r['kind']) == (study, kind)), key=lambda r: r[key])
+        for backbone, study, kind in sorted({(r['backbone'], r['study'], r['kind']) for r in rows}):
+            pts = sorted((r for r in rows if (r['backbone'], r['study'], r['kind']) == (backbone, study, kind)),
+                         key=lambda r: r[key])
+            label = kind if study == 'scratch' else f'{kind} ({study})'
             ax.errorbar([p[key] for p in pts], [p['top1_err'] for p in pts], yerr=[p['top1_err_spread'] for p in pts],
                         marker='o' if study == 'scratch' else 's', capsize=3,
-                        label=kind if study == 'scratch' else f'{kind} ({study})',
+                        label=label if backbone == 'resnet18' else f'{backbone}: {label}',
                         linestyle='-' if kind == 'lowres' else ':')
             for p in pts:
                 ax.annotate(p['row'], (p[key], p['top1_err']), fontsize=7, xytext=(4, 3), textcoords='offset points')
@@ -124,11 +129,11 @@ def plot(rows: List[Dict], path: Path, title: str) -> None:
 
 def markdown(rows: List[Dict]) -> str:
     fmt = lambda v, p=2: '' if v is None else f'{v:+.{p}f}' if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ['| row | kind | study | px | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on front | vs lowres | vs wavelet |',
-             '|' + '---|' * 13]
+    lines = ['| row | backbone | kind | study | px | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on front | vs lowres | vs wavelet |',
+             '|' + '---|' * 14]
     for r in rows:
         spread = f" ± {r['top1_err_spread']:.2f}" if r['seeds'] > 1 else ''
-        lines.append(f"| {r['row']} | {r['kind']} | {r['study']} | {r['img_size']} | {r['seeds']} | {r['top1_err']:.2f}{spread} "
+        lines.append(f"| {r['row']} | {r['backbone']} | {r['kind']} | {r['study']} | {r['img_size']} | {r['seeds']} | {r['top1_err']:.2f}{spread} "
                      f"| {r['top5_err']:.2f} | {r['gmac']:.3f} | {r['ms_b1']:.1f} | {r['ms_b8']:.1f} "
                      f"| {'yes' if r['on_front'] else 'no'} | {fmt(r['gain_vs_lowres'])} | {fmt(r['gain_vs_wavelet'])} |")
     return '\n'.join(lines)

@@ -25,6 +25,8 @@ RUNS = {
     'haar_s0': ({'type': 'wae', 'front_end': 'haar'}, 27.0, 4.0, 7.0, 30.0, 0.16, 128),
     'wae2_stem_s0': ({'type': 'wae', 'front_end': 'wae2', 'ih_fusion': 'stem'}, 22.0, 3.5, 6.0, 40.0, 0.19, 128),
     'wae2_stem_s1': ({'type': 'wae', 'front_end': 'wae2', 'ih_fusion': 'stem'}, 23.0, 3.7, None, None, None, 128),
+    # another backbone, faster and better than every resnet18 row: compared with its own rows only
+    'mnv3_lowres128_s0': ({'type': 'timm', 'backbone': 'mobilenetv3_large_100'}, 10.0, 1.0, 4.0, 25.0, 0.06, 128),
     # converted from a trained network: compared with each other only
     'ft_lowres64_s0': ({'type': 'timm', 'init': 'x'}, 28.0, 4.0, 5.0, 20.0, 0.15, 64),
     'ft_lowres96_s0': ({'type': 'timm', 'init': 'x'}, 24.0, 3.4, 7.0, 40.0, 0.33, 96),
@@ -65,7 +67,9 @@ def test_csv_has_one_line_per_row_with_seed_means_spreads_and_the_comparison_to_
     for column in ('row', 'kind', 'img_size', 'seeds', 'top1_err', 'top1_err_spread', 'top5_err', 'gmac',
                    'ms_b1', 'ms_b8', 'on_front', 'gain_vs_lowres', 'gain_vs_wavelet'):
         assert column in reader.fieldnames, column
-    assert set(rows) == {'lowres64', 'lowres128', 'haar', 'wae2_stem', 'ft_lowres64', 'ft_lowres96', 'ft_wae2_stem'}
+    assert set(rows) == {'lowres64', 'lowres128', 'haar', 'wae2_stem', 'ft_lowres64', 'ft_lowres96', 'ft_wae2_stem',
+                         'mnv3_lowres128'}
+    assert rows['mnv3_lowres128']['backbone'] == 'mobilenetv3_large_100' and rows['haar']['backbone'] == 'resnet18'
     wae2, lowres128, haar = rows['wae2_stem'], rows['lowres128'], rows['haar']
     assert (wae2['kind'], wae2['ih_fusion'], wae2['seeds'], lowres128['kind'], haar['kind']) == \
         ('wae2', 'stem', '2', 'lowres', 'wavelet')
@@ -78,7 +82,7 @@ def test_csv_has_one_line_per_row_with_seed_means_spreads_and_the_comparison_to_
     assert wae2['gain_vs_wavelet'] == ''  # 40 ms is outside the wavelet curve (one point at 30 ms)
     assert rows['lowres128']['gain_vs_lowres'] == ''
     assert {r for r, v in rows.items() if v['on_front'] == 'True'} == {
-        'lowres64', 'haar', 'wae2_stem', 'lowres128', 'ft_lowres64', 'ft_wae2_stem'}
+        'lowres64', 'haar', 'wae2_stem', 'lowres128', 'ft_lowres64', 'ft_wae2_stem', 'mnv3_lowres128'}
     ft = rows['ft_wae2_stem']  # against the converted lowres curve: 26 % at 30 ms
     assert (ft['study'], rows['ft_lowres64']['study'], wae2['study']) == ('converted', 'converted', 'scratch')
     assert float(ft['lowres_err_at_ms_b8']) == pytest.approx(26.0) and float(ft['gain_vs_lowres']) == pytest.approx(3.0)
