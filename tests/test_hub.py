@@ -133,6 +133,26 @@ def test_saved_folder_has_the_hub_layout_and_reloads_identically(saved):
         create_model(str(folder), num_classes=6)
 
 
+@pytest.mark.parametrize('route', ['registered', 'generic'])
+def test_the_readme_route_loads_every_weight_or_names_the_fresh_heads(saved, route, tmp_path):
+    """num_classes + pretrained_cfg_overlay(file=...) through a 1000-class default tag: timm would
+    re-initialise both heads because the tag's class count differs; the file's heads fit, so they load."""
+    model, folder = saved
+    if route == 'generic':
+        model = timm_wae.WAEWrapper('resnet18', num_classes=4).eval()
+        save_pretrained(model, tmp_path / 'generic')
+        folder = tmp_path / 'generic'
+    name, kwargs = ('wae_resnet18', {}) if route == 'registered' else ('wae', {'backbone': 'resnet18'})
+    file = dict(file=str(folder / 'model.safetensors'))
+    loaded = timm.create_model(name, pretrained=True, num_classes=4, pretrained_cfg_overlay=file, **kwargs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.warns(UserWarning, match=r"\['backbone.fc', 'fusion_head.head.fc'\] are freshly initialised for 7 "
+                                         r"classes \(the file has 4\).*num_classes=4"):
+        timm.create_model(name, pretrained=True, num_classes=7, pretrained_cfg_overlay=file, **kwargs)
+
+
 def test_truncated_file_is_an_error_naming_the_file(saved, tmp_path):
     _, folder = saved
     broken = tmp_path / 'broken.safetensors'

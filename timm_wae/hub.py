@@ -8,6 +8,7 @@ of reach.
 import json
 import os
 import pickle
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
@@ -75,7 +76,26 @@ def check_state_dict(
 
 
 def timm_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping:
-    """timm's ``pretrained_filter_fn``: check before timm loads."""
+    """timm's ``pretrained_filter_fn``: check before timm loads, and never drop heads silently.
+
+    timm re-initialises the classifiers whenever ``num_classes`` differs from the pretrained cfg's,
+    even when the file's heads already have the requested classes (a 10-class file loaded with
+    ``num_classes=10`` through a 1000-class tag). When the file's heads fit the model, the cfg (the
+    same dict timm's loader reads next) takes the model's class count, so everything loads strictly;
+    when they do not, timm's fine-tuning semantics apply and a warning names the fresh heads.
+    """
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if cfg is not None and getattr(model, 'num_classes', None) != cfg.get('num_classes'):
+        expected = model.state_dict()
+        heads = sorted(k for k in _classifier_keys(cfg) if k in expected)
+        if heads and all(k in state_dict and state_dict[k].shape == expected[k].shape for k in heads):
+            cfg['num_classes'] = model.num_classes
+        elif heads:
+            file_classes = state_dict[heads[0]].shape[0] if heads[0] in state_dict else 'unknown'
+            warnings.warn(
+                f'{_source(cfg)}: the classifier(s) {sorted({k.rsplit(".", 1)[0] for k in heads})} are freshly '
+                f'initialised for {model.num_classes} classes (the file has {file_classes}): timm\'s fine-tuning '
+                f'semantics. To load every weight, pass num_classes={file_classes}.', stacklevel=2)
     return check_state_dict(state_dict, model, adapting=True)
 
 

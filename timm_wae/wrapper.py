@@ -21,7 +21,7 @@ from .autoencoder import TransformLoss, TransformLossTerms, check_image
 from .baselines import LEARNED_FRONT_ENDS, create_front_end
 from .shrink import shrink_width
 
-__all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp']
+__all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp', 'wae_layer_names', 'widen_first_conv']
 
 
 @dataclass
@@ -122,6 +122,19 @@ def widen_first_conv(backbone: nn.Module, extra_chans: int) -> None:
             new.bias.copy_(conv.bias)
     parent, _, attr = name.rpartition('.')
     setattr(backbone.get_submodule(parent) if parent else backbone, attr, new)
+
+
+def wae_layer_names(backbone_cfg: Dict[str, Any], front_end: str = 'wae', fusion_head: bool = True) -> Dict[str, Any]:
+    """The pretrained-cfg ``first_conv`` and ``classifier`` of a WAE model, from its backbone's cfg.
+
+    The one place these names are made: the wrapper's derived cfg and the generic ``wae`` entry
+    point (which timm's loader needs before the model exists) both call it.
+    """
+    inner = backbone_cfg.get('classifier') or 'head.fc'
+    classifier = f'backbone.{inner if isinstance(inner, str) else inner[0]}'
+    first_conv = {'wae': 'wae.encoder.stem.0', 'wae2': 'wae.encoder.analysis'}.get(
+        front_end, f'backbone.{backbone_cfg.get("first_conv", "")}')
+    return dict(first_conv=first_conv, classifier=(classifier, 'fusion_head.head.fc') if fusion_head else classifier)
 
 
 def _for_branches(pattern: str, branches: Tuple[str, ...]) -> str:
@@ -252,20 +265,13 @@ class WAEWrapper(nn.Module):
         keep = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license')
         cfg = {k: v for k, v in backbone_cfg.items() if k in keep}
         cfg.setdefault('input_size', (self.in_chans, 224, 224))
-        inner_cls = backbone_cfg.get('classifier', 'head.fc')
-        classifier = f'backbone.{inner_cls}' if isinstance(inner_cls, str) else f'backbone.{inner_cls[0]}'
-        if self.fusion_head is not None:
-            classifier = (classifier, 'fusion_head.head.fc')
-        cfg.update(
-            architecture='wae', num_classes=self.num_classes, classifier=classifier,
-            first_conv=self.first_conv, pool_size=None,
-        )
+        cfg.update(architecture='wae', num_classes=self.num_classes, pool_size=None,
+                   **wae_layer_names(backbone_cfg, self.front_end_name, self.fusion_head is not None))
         return cfg
 
     @property
     def first_conv(self) -> str:
-        return {'wae': 'wae.encoder.stem.0', 'wae2': 'wae.encoder.analysis'}.get(
-            self.front_end_name, f'backbone.{self.backbone.pretrained_cfg.get("first_conv", "")}')
+        return self.derived_cfg['first_conv']
 
     # ------------------------------------------------------------------ timm model contract
     @torch.jit.ignore

@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
-from ..wrapper import WAEWrapper
+from ..wrapper import WAEWrapper, wae_layer_names
 from ._factory import create_wae, hub_cfgs
 
 IH_FUSION = 'stem'  # the default of every wae2_* model
@@ -27,12 +27,9 @@ _BACKBONES = {
 
 
 def _cfgs(name: str, backbone: str) -> Dict[str, Dict[str, Any]]:
-    inner = get_pretrained_cfg(backbone)
-    transform = dict(interpolation=inner.interpolation, crop_pct=inner.crop_pct)
-    classifier = f'backbone.{inner.classifier}'
-    if IH_FUSION == 'branch':
-        classifier = (classifier, 'fusion_head.head.fc')
-    return hub_cfgs(name, classifier=classifier, imagenette=transform, first_conv='wae.encoder.analysis')
+    inner = get_pretrained_cfg(backbone).to_dict()
+    transform = {k: inner[k] for k in ('interpolation', 'crop_pct')}
+    return hub_cfgs(name, imagenette=transform, **wae_layer_names(inner, 'wae2', fusion_head=IH_FUSION == 'branch'))
 
 
 default_cfgs = generate_default_cfgs({

@@ -5,9 +5,9 @@ This is the architecture that ``WAEWrapper(backbone)`` models save as, so that
 """
 from typing import Any
 
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
-from ..wrapper import WAEWrapper
+from ..wrapper import WAEWrapper, wae_layer_names
 from ._factory import create_wae, wae_cfg
 
 default_cfgs = generate_default_cfgs({'wae': wae_cfg()})
@@ -16,8 +16,12 @@ default_cfgs = generate_default_cfgs({'wae': wae_cfg()})
 @register_model
 def wae(pretrained: bool = False, backbone: str = 'resnet50', **kwargs: Any) -> WAEWrapper:
     """WAE + any timm backbone: ``timm.create_model('wae', backbone='convnext_nano')``."""
+    # timm's loader reads the layer names before the model exists: make them from the backbone's cfg
+    inner = get_pretrained_cfg(backbone)
+    fusion_head = kwargs.get('use_ih', True) and kwargs.get('ih_fusion', 'branch') == 'branch' and \
+        kwargs.get('front_end', 'wae') != 'resize'
+    names = wae_layer_names(inner.to_dict() if inner else {}, kwargs.get('front_end', 'wae'), fusion_head)
+    kwargs['pretrained_cfg_overlay'] = dict(names, **(kwargs.get('pretrained_cfg_overlay') or {}))
     model = create_wae('wae', pretrained, backbone=backbone, **kwargs)
     model._model_args = model.model_args  # the generic name implies nothing: record every arg
-    model.pretrained_cfg.update(
-        {k: model.derived_cfg[k] for k in ('first_conv', 'classifier')})
     return model
