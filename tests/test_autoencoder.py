@@ -89,7 +89,7 @@ def test_half_resolution_wae_learns_every_part_from_the_transform_loss():
     TransformLoss(0.25)(x, wae.reconstruct(low, high, x.shape[-2:]), high).loss.backward()
     # the zero-initialised last refine convs get a gradient at once; the first ones only once the
     # last are non-zero, which the analysis / synthesis matrices do not need
-    for name in ('encoder.analysis.weight', 'encoder.refine.2.weight', 'decoder.refine.2.weight',
+    for name in ('encoder.analysis.weight', 'encoder.refine.conv2.weight', 'decoder.refine.conv2.weight',
                  'decoder.synthesis.weight'):
         grad = dict(wae.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name

@@ -138,6 +138,25 @@ def test_bench_speedup_comes_from_the_two_medians(tmp_path):
     assert proc.stdout.lstrip().startswith('| model |')
 
 
+def test_json_to_stdout_is_json_alone_and_busy_timings_are_flagged(capsys):
+    assert cli.main(['bench', 'test_resnet', '--img-size', '32', '--batch-sizes', '1', '--threads', '1',
+                     '--repeats', '2', '--warmup', '0', '--json', '-', '-q']) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # nothing but the JSON on stdout
+    assert report['command'] == 'bench' and '| model |' in captured.err
+    assert isinstance(report['warnings'], list)
+
+
+def test_trust_warnings_name_a_spread_or_a_busy_machine():
+    from timm_wae.bench import BenchResult, trust_warnings
+    steady = BenchResult('m', None, 'cpu', 'fp32', False, 8, 10.0, 11.0, 800., 1., 1., threads=2)
+    jumpy = BenchResult('n', None, 'cpu', 'fp32', False, 1, 10.0, 19.0, 100., 1., 1., threads=2)
+    assert trust_warnings([steady], load=0.1, cores=2) == []
+    assert 'p90/median up to 1.90 (n, batch 1)' in trust_warnings([steady, jumpy], load=0.1, cores=2)[0]
+    busy = trust_warnings([steady], load=2.0, cores=2)
+    assert len(busy) == 1 and 'load average 2.0 on 2 cores' in busy[0]
+
+
 # ------------------------------------------------------------------------------------------- eval
 def test_eval_noise_levels_on_baselines(data, models, tmp_path):
     out = tmp_path / 'eval.json'
@@ -344,6 +363,11 @@ def _errors(tmp_path, data, models):
     no_weights.mkdir()
     (no_weights / 'config.json').write_text('{"architecture": "resnet18", "num_classes": 3}')
     img = data / 'split' / 'ant' / 'img0.jpg'
+    text_file = tmp_path / 'notes.txt'
+    text_file.write_text('not weights\n')
+    bad_config = tmp_path / 'bad_config'
+    bad_config.mkdir()
+    (bad_config / 'config.json').write_text('{"architecture": ')
     return {
         'eval empty class folder': (['eval', 'resnet18', '--no-pretrained', '--data', data / 'empty_class'],
                                     ["empty_class/bee'", 'no images']),
@@ -372,6 +396,10 @@ def _errors(tmp_path, data, models):
         'push no weights': (['push', no_weights, 'me/x'], ['model.safetensors']),
         'push bad repo id': (['push', models / 'const0', 'no-owner'], ['owner/name']),
         'train no recipes': (['train', 'x.yaml'], ['recipes/train.py not found']),
+        'eval text file as checkpoint': (['eval', 'resnet18', '--checkpoint', text_file, '--data', data / 'split'],
+                                         ['notes.txt', 'not a safetensors file or a torch checkpoint']),
+        'eval malformed config.json': (['eval', bad_config, '--data', data / 'split'],
+                                       [str(bad_config / 'config.json'), 'not valid JSON']),
     }
 
 

@@ -153,6 +153,25 @@ def test_the_readme_route_loads_every_weight_or_names_the_fresh_heads(saved, rou
         timm.create_model(name, pretrained=True, num_classes=7, pretrained_cfg_overlay=file, **kwargs)
 
 
+def test_unreadable_files_are_weights_errors_without_torchs_unsafe_advice(saved, tmp_path):
+    model, folder = saved
+    text = tmp_path / 'notes.txt'
+    text.write_text('hello\nworld\n')
+    with pytest.raises(WeightsError, match="notes.txt': not a safetensors file or a torch checkpoint"):
+        load_weights(model, text)
+    pickled = tmp_path / 'pickled.pth'
+    torch.save({'model': torch.nn.Linear(2, 2)}, pickled)
+    with pytest.raises(WeightsError, match='pickled Python objects') as exc:
+        load_weights(model, pickled)
+    assert 'weights_only=False' not in str(exc.value)
+    assert (folder / 'model.safetensors').stat().st_mode & 0o777 == 0o644
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    (bad / 'config.json').write_text('[1, 2]')
+    with pytest.raises(WeightsError, match=r'bad/config.json must hold a JSON object'):
+        create_model(str(bad))
+
+
 def test_truncated_file_is_an_error_naming_the_file(saved, tmp_path):
     _, folder = saved
     broken = tmp_path / 'broken.safetensors'

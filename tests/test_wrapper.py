@@ -241,7 +241,7 @@ def test_wae2_saves_and_reloads_with_its_fusion(tmp_path):
     from timm_wae.hub import create_model, save_pretrained
     model = WAEWrapper('resnet18', num_classes=3, front_end='wae2', ih_fusion='stem').eval()
     with torch.no_grad():
-        model.wae.encoder.refine[2].weight.normal_()  # not the init any more: the weights must travel
+        model.wae.encoder.refine.conv2.weight.normal_()  # not the init any more: the weights must travel
     save_pretrained(model, tmp_path / 'm')
     loaded = create_model(str(tmp_path / 'm')).eval()
     assert loaded.ih_fusion == 'stem' and loaded.front_end_name == 'wae2'
@@ -259,3 +259,18 @@ def test_wae2_models_are_registered_with_their_backbones_transform_and_reload_fr
     x = torch.randn(2, 3, 128, 128)
     save_pretrained(model, tmp_path / 'm')
     torch.testing.assert_close(create_model(str(tmp_path / 'm')).eval()(x), model(x))
+
+
+def test_float64_images_are_named_and_torchscript_compiles_every_front_end():
+    model = timm.create_model('wae_resnet18', num_classes=3).eval()
+    with pytest.raises(TypeError, match="images are torch.float64 but the model's weights are torch.float32"):
+        model(X.double())
+    assert model.double()(X.double()).dtype == torch.float64  # a float64 model takes float64 images
+    for kwargs in ({}, dict(front_end='wae2', ih_fusion='stem'), dict(front_end='dwt97'), dict(front_end='haar'),
+                   dict(front_end='resize')):
+        model = WAEWrapper('resnet18', num_classes=3, **kwargs).eval()
+        scripted = torch.jit.script(model)
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(X), model(X))
+        with pytest.raises(Exception, match='expected 3 input channels'):
+            scripted(torch.randn(1, 4, 32, 32))

@@ -19,20 +19,24 @@ __all__ = ['WAEEncoder', 'WAEDecoder', 'WaveletLikeAutoEncoder', 'TransformLoss'
 
 
 def check_image(x: Tensor, in_chans: int, what: str = 'image batch') -> None:
-    """Fail early, with a message naming the problem, before any convolution sees a bad input."""
-    if not isinstance(x, Tensor):
+    """Fail early, with a message naming the problem, before any convolution sees a bad input.
+
+    Written with string concatenation so that TorchScript compiles it (no tuple() in f-strings).
+    """
+    if not torch.jit.is_scripting() and not isinstance(x, Tensor):
         raise TypeError(f'expected a torch.Tensor {what} [B, {in_chans}, H, W], got {type(x).__name__}')
-    if x.ndim != 4:
-        raise ValueError(
-            f'expected a 4-D {what} [B, {in_chans}, H, W], got a {x.ndim}-D tensor of shape {tuple(x.shape)}')
+    layout = what + ' [B, ' + str(in_chans) + ', H, W]'
+    if x.dim() != 4:
+        raise ValueError('expected a 4-D ' + layout + ', got a ' + str(x.dim()) + '-D tensor of shape '
+                         + str(list(x.shape)))
     if x.shape[1] != in_chans:
-        raise ValueError(
-            f'expected {in_chans} input channels ({what} [B, {in_chans}, H, W]), '
-            f'got {x.shape[1]} channels in shape {tuple(x.shape)}')
+        raise ValueError('expected ' + str(in_chans) + ' input channels (' + layout + '), got ' + str(x.shape[1])
+                         + ' channels in shape ' + str(list(x.shape)))
     if x.shape[-2] < 2 or x.shape[-1] < 2:
-        raise ValueError(f'expected an image of at least 2x2 pixels, got {tuple(x.shape[-2:])}')
+        raise ValueError('expected an image of at least 2x2 pixels, got ' + str(list(x.shape[-2:])))
     if not x.is_floating_point():
-        raise TypeError(f'expected a floating point {what}, got dtype {x.dtype} (normalise images first)')
+        raise TypeError('expected a floating point ' + what + ', got dtype ' + str(x.dtype)
+                        + ' (normalise images first)')
 
 
 def _conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
@@ -120,6 +124,7 @@ class TransformLoss(nn.Module):
         super().__init__()
         self.energy_weight = energy_weight
 
+    @torch.jit.unused  # a training loss: TorchScript (inference) never needs it
     def forward(self, image: Tensor, recon: Tensor, ih: Tensor) -> TransformLossTerms:
         lr = F.mse_loss(recon.float(), image.float())
         le = ih.float().pow(2).mean()
@@ -143,17 +148,20 @@ class WaveletLikeAutoEncoder(nn.Module):
         return self.decoder(il, ih, size)
 
 
-class _Refine(nn.Sequential):
-    """A residual correction at half resolution: conv3x3-ReLU-conv3x3, the last conv zero-initialised
-    so that the module starts as the identity."""
+class _Refine(nn.Module):
+    """A residual correction at half resolution: x + conv3x3(ReLU(conv3x3(x))), the last conv
+    zero-initialised so that the module starts as the identity."""
 
     def __init__(self, chans: int, width: int):
-        super().__init__(_conv3x3(chans, width), nn.ReLU(inplace=True), _conv3x3(width, chans))
-        nn.init.zeros_(self[-1].weight)
-        nn.init.zeros_(self[-1].bias)
+        super().__init__()
+        self.conv1 = _conv3x3(chans, width)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(width, chans)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + super().forward(x)
+        return x + self.conv2(self.act(self.conv1(x)))
 
 
 class HalfResolutionEncoder(nn.Module):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['BenchResult', 'benchmark', 'count_macs', 'format_table', 'results_as_dicts']
+__all__ = ['BenchResult', 'benchmark', 'count_macs', 'format_table', 'results_as_dicts', 'trust_warnings']
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -130,6 +130,24 @@ def benchmark(
                 repeats=repeats,
             ))
     return results
+
+
+def trust_warnings(results: List[BenchResult], load: Optional[float] = None, cores: Optional[int] = None,
+                   max_spread: float = 1.25) -> List[str]:
+    """Why the ratios of this run may not be trusted: timings that spread (p90 / median above
+    ``max_spread``) or other processes on the cores (load average above the free cores)."""
+    out = []
+    wide = [r for r in results if r.p90_ms > max_spread * r.median_ms]
+    if wide:
+        worst = max(wide, key=lambda r: r.p90_ms / r.median_ms)
+        out.append(f'{len(wide)} of {len(results)} timings spread: p90/median up to {worst.p90_ms / worst.median_ms:.2f} '
+                   f'({worst.model}, batch {worst.batch_size}); the machine was busy or throttling')
+    if load is not None and cores:
+        threads = max((r.threads or 1) for r in results) if results else 1
+        if load > max(cores - threads, 0) + 0.5:
+            out.append(f'load average {load:.1f} on {cores} cores while timing with {threads} thread(s): other '
+                       f'processes shared the CPU')
+    return out
 
 
 def format_table(results: List[BenchResult]) -> str:

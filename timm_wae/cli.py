@@ -216,6 +216,11 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _report(text: str, json_path: Optional[str]) -> None:
+    """The human-readable result: stdout, unless ``--json -`` keeps stdout for the JSON alone."""
+    print(text, file=sys.stderr if json_path == '-' else sys.stdout)
+
+
 def _write_json(path: Optional[str], payload: Dict[str, Any]) -> None:
     if not path:
         return
@@ -245,7 +250,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .bench import benchmark, format_table, results_as_dicts
+    from .bench import benchmark, format_table, results_as_dicts, trust_warnings
 
     if args.device == 'auto':
         devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
@@ -297,7 +302,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 models, baselines, input_size, batch_sizes=args.batch_sizes, dtypes=args.dtypes,
                 channels_last=channels_last, device=device, warmup=args.warmup, repeats=args.repeats,
                 progress=lambda: bar.update(1))
-    print(format_table(results))
+    _report(format_table(results), args.json)
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
+    untrusted = trust_warnings(results, load, os.cpu_count())
+    for w in untrusted:
+        print(f'warning: {w}: the speed-up ratios of this run cannot be trusted; run again on an idle machine',
+              file=sys.stderr)
     _write_json(args.json, {
         'command': 'bench',
         'settings': {'models': specs, 'baselines': baselines,
@@ -307,6 +317,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      'devices': devices, 'threads': torch.get_num_threads(), 'warmup': args.warmup,
                      'repeats': args.repeats, 'pretrained': args.pretrained},
         'environment': _environment(),
+        'warnings': untrusted,
         'results': results_as_dicts(results),
     })
     return 0
@@ -363,7 +374,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if msg is None or os.environ.get('TIMM_WAE_DEBUG'):
                 raise
             raise CLIError(msg) from None
-    print(format_rows(rows))
+    _report(format_rows(rows), args.json)
     _write_json(args.json, {'command': 'eval', 'environment': _environment(), 'rows': rows})
     return 0
 
@@ -396,7 +407,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         share = '' if r['energy_share_ih'] is None else f"IH energy share {100 * r['energy_share_ih']:.2f}%"
         psnr = '' if r['psnr_db'] is None else f"PSNR {r['psnr_db']:.2f} dB"
         dwt = '' if r['dwt_energy_share'] is None else f"DWT detail share {100 * r['dwt_energy_share']:.2f}%"
-        print(f"{r['image']}: " + ', '.join(t for t in (share, psnr, dwt) if t) + f" -> {r['file']}")
+        _report(f"{r['image']}: " + ', '.join(t for t in (share, psnr, dwt) if t) + f" -> {r['file']}", args.json)
     _write_json(args.json, {'command': 'visualize', 'model': args.model, 'rows': rows})
     return 0
 

@@ -107,11 +107,21 @@ def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
         if path.suffix == '.safetensors':
             return load_file(str(path))
         state = torch.load(str(path), map_location='cpu', weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        raise WeightsError(f'cannot read weights file {str(path)!r} (truncated or corrupt?): {e}') from e
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never for us
+        if 'Unsupported global' in str(e):  # the weights-only unpickler refused a Python object
+            raise WeightsError(
+                f'weights file {str(path)!r} holds pickled Python objects, which timm_wae never unpickles; '
+                f'save its state_dict as safetensors (safetensors.torch.save_file) and load that') from None
+        raise WeightsError(f'cannot read weights file {str(path)!r}: not a safetensors file or a torch '
+                           f'checkpoint (truncated or corrupt?)') from None
+    except Exception as e:  # any other parser failure (text files give IndexError, KeyError, ...)
+        raise WeightsError(f'cannot read weights file {str(path)!r}: not a safetensors file or a torch checkpoint '
+                           f'(truncated or corrupt?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
     for key in ('state_dict', 'model'):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f'weights file {str(path)!r} does not hold a state_dict of tensors')
     return state
 
 
@@ -185,6 +195,7 @@ def save_pretrained(
     and a README.md model card into ``folder``, as ``push_to_hf_hub`` would upload them."""
     folder = Path(folder)
     save_for_hf(model, folder, safe_serialization=True, data_config=data_config)
+    (folder / WEIGHTS_NAME).chmod(0o644)  # safetensors writes 0600; a model is meant to be shared
     (folder / 'README.md').write_text(model_card_text(model, model_card), encoding='utf-8')
     return folder
 
@@ -219,7 +230,12 @@ def create_model(spec: str, pretrained: bool = True, **kwargs: Any) -> nn.Module
         config_file = path / 'config.json'
         if not config_file.is_file():
             raise FileNotFoundError(f'{spec!r} is a folder without config.json; expected the Hub layout')
-        config = json.loads(config_file.read_text())
+        try:
+            config = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise WeightsError(f'{config_file} is not valid JSON: {e}') from None
+        if not isinstance(config, dict):
+            raise WeightsError(f'{config_file} must hold a JSON object, got {type(config).__name__}')
         arch = config.get('architecture')
         if not timm.is_model(arch):
             raise WeightsError(f'{config_file} names architecture {arch!r}, which is not a registered model')

@@ -8,7 +8,7 @@ of the same input beside them). What is computed:
 * ``IL, IH = model.decompose(x)``: the sub-images **before** the standardising BatchNorm.
 * **Energy share of IH** = sum(IH²) / (sum(IL²) + sum(IH²)) over all pixels and channels of the
   un-standardised sub-images (the quantity the transform loss pushes down).
-* **Reconstruction** (front end 'wae': the decoder; 'dwt97': the inverse DWT; 'resize': none) is
+* **Reconstruction** (front ends 'wae', 'wae2': the decoder; 'dwt97', 'haar': the inverse DWT; 'resize': none) is
   de-normalised (``I' * std + mean``) and clamped to [0, 1], and its **PSNR** is
   10·log10(1 / MSE) against ``x01`` (peak 1, all channels).
 * ``compare``: the single-level periodized CDF 9/7 DWT (``timm_wae.wavelets.dwt2``) of the same
@@ -91,10 +91,10 @@ def decompose_image(model: nn.Module, x01: Tensor, mean: Sequence[float], std: S
         h = high[0]
         out['high'] = stretch((_details_magnitude(h) if h.shape[0] > 3 else h).cpu())
     recon = None
-    if model.front_end_name == 'wae' and high is not None:
+    if hasattr(model.wae, 'reconstruct') and high is not None:  # the learned WAEs' decoders
         recon = model.wae.reconstruct(low, high, x.shape[-2:])
-    elif model.front_end_name == 'dwt97' and high is not None:
-        recon = model.wae.inverse(low, high)
+    elif hasattr(model.wae, 'inverse') and high is not None:  # the fixed wavelets
+        recon = model.wae.inverse(low, high)[..., :x.shape[-2], :x.shape[-1]]
     if recon is not None:
         r01 = (recon[0] * std_t + mean_t).clamp(0, 1)
         out['recon'] = r01.cpu()

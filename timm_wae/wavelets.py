@@ -7,7 +7,7 @@ circular pad plus one depthwise (``groups=C``) strided convolution whose kernel 
 four separable 2-D filters, so the transform runs on any device and passes gradients.
 """
 
-from __future__ import annotations
+from typing import Optional, Tuple
 
 import pywt
 import torch
@@ -19,9 +19,10 @@ __all__ = ["DWT97", "HaarDWT", "dwt2", "idwt2", "haar_matrix", "pad_to_even"]
 _TAPS = 9
 # Circular padding that aligns the convolutions with pywt's periodization mode
 # (found by comparing against pywt; the tests check it).
-_ANALYSIS_PAD = (4, 3, 4, 3)  # (W left, W right, H left, H right)
-_SYNTHESIS_PAD = 2  # coefficient rows/columns wrapped on every side before upsampling
-_SYNTHESIS_CROP = 7  # conv_transpose2d padding that trims the wrapped margin
+# (written as literals inside the functions, which TorchScript compiles: it cannot read global tuples)
+#   analysis pad [4, 3, 4, 3]: (W left, W right, H left, H right)
+#   synthesis pad 2: coefficient rows/columns wrapped on every side before upsampling
+#   synthesis crop 7: conv_transpose2d padding that trims the wrapped margin
 
 
 def _filter_bank(lo: Tensor, hi: Tensor) -> Tensor:
@@ -48,12 +49,12 @@ _SYNTHESIS = _filter_bank(_taps("rec_lo"), _taps("rec_hi"))
 
 def _check_image(x: Tensor, name: str) -> None:
     if x.dim() != 4:
-        raise ValueError(f"{name}: expected a 4-D tensor [B, C, H, W], got shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected a 4-D tensor [B, C, H, W], got shape {list(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
 
 
-def _analysis(x: Tensor, bank: Tensor) -> tuple[Tensor, Tensor]:
+def _analysis(x: Tensor, bank: Tensor) -> Tuple[Tensor, Tensor]:
     _check_image(x, "dwt2")
     b, c, h, w = x.shape
     if h % 2 or w % 2 or h < 4 or w < 4:
@@ -61,7 +62,7 @@ def _analysis(x: Tensor, bank: Tensor) -> tuple[Tensor, Tensor]:
             f"dwt2: the periodized DWT needs even H and W (at least 4), got H={h}, W={w}"
         )
     weight = bank.to(x).repeat(c, 1, 1, 1)
-    out = F.conv2d(F.pad(x, _ANALYSIS_PAD, mode="circular"), weight, stride=2, groups=c)
+    out = F.conv2d(F.pad(x, [4, 3, 4, 3], mode="circular"), weight, stride=2, groups=c)
     out = out.view(b, c, 4, h // 2, w // 2)
     return out[:, :, 0], out[:, :, 1:].reshape(b, 3 * c, h // 2, w // 2)
 
@@ -72,19 +73,19 @@ def _synthesis(ca: Tensor, details: Tensor, bank: Tensor) -> Tensor:
     b, c, h, w = ca.shape
     if details.shape != (b, 3 * c, h, w):
         raise ValueError(
-            f"idwt2: details must have shape (B, 3C, H, W) = {(b, 3 * c, h, w)} for ca of shape "
-            f"{tuple(ca.shape)}, got {tuple(details.shape)}"
+            f"idwt2: details must have shape (B, 3C, H, W) = {[b, 3 * c, h, w]} for ca of shape "
+            f"{list(ca.shape)}, got {list(details.shape)}"
         )
     if h < 2 or w < 2:
         raise ValueError(f"idwt2: coefficients need H and W of at least 2, got H={h}, W={w}")
     coeffs = torch.cat([ca.unsqueeze(2), details.reshape(b, c, 3, h, w)], dim=2)
-    coeffs = F.pad(coeffs.reshape(b, 4 * c, h, w), (_SYNTHESIS_PAD,) * 4, mode="circular")
+    coeffs = F.pad(coeffs.reshape(b, 4 * c, h, w), [2, 2, 2, 2], mode="circular")
     weight = bank.to(ca).repeat(c, 1, 1, 1)
-    out = F.conv_transpose2d(coeffs, weight, stride=2, padding=_SYNTHESIS_CROP, groups=c)
+    out = F.conv_transpose2d(coeffs, weight, stride=2, padding=7, groups=c)
     return out[..., : 2 * h, : 2 * w]  # the transposed conv yields one extra row and column
 
 
-def dwt2(x: Tensor) -> tuple[Tensor, Tensor]:
+def dwt2(x: Tensor) -> Tuple[Tensor, Tensor]:
     """One level of the periodized CDF 9/7 DWT of ``x`` [B, C, H, W] (H, W even, >= 4).
 
     Returns ``(ca, details)``: ``ca`` is [B, C, H/2, W/2]; ``details`` is [B, 3C, H/2, W/2]
@@ -116,7 +117,7 @@ class DWT97(nn.Module):
         self.register_buffer("analysis_bank", _ANALYSIS.to(dtype), persistent=False)
         self.register_buffer("synthesis_bank", _SYNTHESIS.to(dtype), persistent=False)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Return ``(ca, details)`` exactly as ``dwt2``."""
         return _analysis(x, self.analysis_bank)
 
@@ -168,13 +169,13 @@ class HaarDWT(nn.Module):
         self.in_chans = in_chans
         self.register_buffer("matrix", haar_matrix(in_chans).to(torch.get_default_dtype()), persistent=False)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         _check_image(x, "HaarDWT")
         c = self.in_chans
         y = F.conv2d(F.pixel_unshuffle(pad_to_even(x), 2), self.matrix.to(x.dtype)[:, :, None, None])
         return y[:, :c], y[:, c:]
 
-    def inverse(self, ca: Tensor, details: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+    def inverse(self, ca: Tensor, details: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
         """Rebuild the image; ``size`` (the input's H, W) trims the row / column an odd size added."""
         y = torch.cat([ca, details], dim=1)
         out = F.pixel_shuffle(F.conv2d(y, self.matrix.to(y.dtype).t()[:, :, None, None]), 2)

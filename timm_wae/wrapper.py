@@ -169,6 +169,8 @@ class WAEWrapper(nn.Module):
         pretrained_backbone: start the backbone from timm's pretrained weights (when a name).
     """
 
+    __jit_unused_properties__ = ['first_conv']  # TorchScript: a cfg lookup, not part of the forward
+
     def __init__(
             self,
             backbone: Union[str, nn.Module],
@@ -318,12 +320,24 @@ class WAEWrapper(nn.Module):
     def decompose(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """(IL, IH) as the front end makes them, before standardisation (IH is None for 'resize')."""
         check_image(x, self.in_chans)
+        if not torch.jit.is_scripting():
+            self._check_dtype(x)
         return self.wae(x)
 
+    @torch.jit.unused
+    def _check_dtype(self, x: Tensor) -> None:
+        """An input of another float type than the weights (float64 images into a float32 model)
+        would fail deep inside the first conv; outside autocast, say so here."""
+        weight = next(self.backbone.parameters(), None)
+        if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f'the images are {x.dtype} but the model\'s weights are {weight.dtype}: cast the images '
+                            f'(x.to({weight.dtype})) or the model (model.to({x.dtype}))')
+
     def _features(self, low: Tensor, high: Optional[Tensor]) -> Tensor:
-        if self.ih_into_stem:
-            return self.backbone.forward_features(torch.cat([self.norm_low(low), self.norm_high(high)], dim=1))
-        f_low = self.backbone.forward_features(self.norm_low(low))
+        low = self.norm_low(low)
+        if high is not None and self.ih_into_stem:
+            return self.backbone.forward_features(torch.cat([low, self.norm_high(high)], dim=1))
+        f_low = self.backbone.forward_features(low)
         if self.ih_branch is None or high is None:
             return f_low
         f_high = self.ih_branch.forward_features(self.norm_high(high))
@@ -333,7 +347,8 @@ class WAEWrapper(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """concat(fL, fH), unpooled: [B, num_features, h, w]."""
-        return self._features(*self.decompose(x))
+        low, high = self.decompose(x)
+        return self._features(low, high)
 
     def _heads(self, x: Tensor, pre_logits: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         s_low = self.backbone.forward_head(x[:, :self.low_features], pre_logits=pre_logits)
