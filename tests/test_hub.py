@@ -57,22 +57,34 @@ with torch.no_grad():
 """
 
 FROM_CACHE = """
+import time
 import timm, torch, timm_wae
 torch.manual_seed(0)
 x = torch.randn(2, 3, 64, 64)
+start = time.perf_counter()
 model = timm.create_model('wae_resnet18.imagenette', pretrained=True).eval()
+seconds = time.perf_counter() - start
 with torch.no_grad():
-    result = dict(out=model(x).tolist())
+    result = dict(out=model(x).tolist(), seconds=seconds)
 """
 
 UNREACHABLE = """
-import timm, timm_wae
-from timm_wae.hub import HubUnavailableError
-try:
-    timm.create_model('wae_resnet18.imagenette', pretrained=True)
-    result = dict(error=None)
-except HubUnavailableError as e:
-    result = dict(error=str(e))
+import time
+import timm, torchvision, timm_wae
+from timm_wae.hub import HubUnavailableError, create_model
+routes = {
+    'timm': lambda: timm.create_model('wae_resnet18.imagenette', pretrained=True),
+    'torchvision': lambda: torchvision.models.get_model('wae2_resnet18', weights='IMAGENETTE'),
+    'hf-hub': lambda: create_model('hf-hub:timm-wae/wae_resnet18.imagenette'),
+}
+result = {}
+for name, route in routes.items():
+    start = time.perf_counter()
+    try:
+        route()
+        result[name] = dict(error=None)
+    except HubUnavailableError as e:
+        result[name] = dict(error=str(e), seconds=time.perf_counter() - start)
 """
 
 
@@ -95,17 +107,23 @@ def test_push_then_download_through_timm_hf_hub_torchvision_and_torch_hub_then_c
     assert 'no weights for wae_resnet50' in res['missing'] and 'pretrained_cfg_overlay' in res['missing']
     assert 'test push' in readme and 'wae_resnet18' in readme
 
-    # the server is gone: the second download comes from the cache
+    # the server is gone: the second download comes from the cache, offline or not (at once, no retries)
     cached = run_client(FROM_CACHE, client_env(hf_home, server.url, offline=True))
     assert cached['out'] == res['reference']
+    cached = run_client(FROM_CACHE, client_env(hf_home, server.url, offline=False))
+    assert cached['out'] == res['reference'] and cached['seconds'] < 5
 
 
 def test_unreachable_hub_says_so_and_how_to_use_a_local_file(tmp_path):
     env = client_env(tmp_path / 'empty-cache', f'http://127.0.0.1:{_free_port()}')
     env['HF_HUB_ETAG_TIMEOUT'] = env['HF_HUB_DOWNLOAD_TIMEOUT'] = '2'
     res = run_client(UNREACHABLE, env)
-    assert res['error'] and 'could not reach the Hugging Face Hub' in res['error']
-    assert "pretrained_cfg_overlay=dict(file=" in res['error']
+    for route, tag in (('timm', 'wae_resnet18.imagenette'), ('torchvision', 'wae2_resnet18.imagenette'),
+                       ('hf-hub', 'timm-wae/wae_resnet18.imagenette')):
+        error = res[route]['error']
+        assert error and 'could not reach the Hugging Face Hub' in error, route
+        assert tag in error and 'HF_HUB_OFFLINE' in error and 'pretrained_cfg_overlay=dict(file=' in error
+        assert res[route]['seconds'] < 5, route  # at once, not after the Hub client's retries
 
 
 # ----------------------------------------------------------------------------- local files

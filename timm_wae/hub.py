@@ -6,12 +6,13 @@ weight check (never a silent partial load), and errors that say what to do when 
 of reach.
 """
 import json
-import os
 import pickle
+import socket
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from urllib.parse import urlsplit
 
 import timm
 import torch
@@ -133,20 +134,58 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     return model
 
 
+_REACHABLE: Dict[str, bool] = {}
+_LOCAL_HINT = ("to use a local file instead: timm.create_model(name, pretrained=True, "
+               "pretrained_cfg_overlay=dict(file='path/to/model.safetensors')), or "
+               "timm_wae.hub.create_model('path/to/folder')")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether one TCP connection to the Hub endpoint opens within ``timeout`` s (memoised per
+    endpoint): without it, the Hub client retries a dead connection for most of a minute."""
+    from huggingface_hub import constants
+    endpoint = constants.ENDPOINT
+    if endpoint not in _REACHABLE:
+        url = urlsplit(endpoint)
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)), timeout).close()
+            _REACHABLE[endpoint] = True
+        except OSError:
+            _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
+
+
+def before_download(repo_id: str, what: str) -> Optional[str]:
+    """Call before a Hub download: None when the client may go ahead (the Hub answers, or
+    HF_HUB_OFFLINE makes it read its cache at once); the cached weights file when the Hub does not
+    answer; otherwise a HubUnavailableError at once instead of after the client's retries."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        return None
+    for filename in (WEIGHTS_NAME, 'pytorch_model.bin'):
+        cached = try_to_load_from_cache(repo_id, filename)
+        if isinstance(cached, str):
+            return cached
+    raise HubUnavailableError(
+        f'could not reach the Hugging Face Hub at {constants.ENDPOINT} for {what}, and no cached copy exists '
+        f'(set HF_HUB_OFFLINE=1 to skip the network and use only the cache); {_LOCAL_HINT}')
+
+
 @contextmanager
 def translate_hub_errors(what: str) -> Iterator[None]:
     """Turn the Hub client's and safetensors' errors into ones that say what to do."""
     from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
-    endpoint = os.environ.get('HF_ENDPOINT', 'https://huggingface.co')
-    local_hint = ("to use a local file instead: timm.create_model(name, pretrained=True, "
-                  "pretrained_cfg_overlay=dict(file='path/to/model.safetensors')), or "
-                  "timm_wae.hub.create_model('path/to/folder')")
+    from huggingface_hub import constants
+    endpoint = constants.ENDPOINT
+    local_hint = _LOCAL_HINT
     try:
         yield
     except LocalEntryNotFoundError as e:  # offline, or the connection failed, and nothing cached
+        offline = ' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else \
+            ' (set HF_HUB_OFFLINE=1 to skip the network and use only the cache)'
         raise HubUnavailableError(
-            f'could not reach the Hugging Face Hub at {endpoint} for {what}, and no cached copy exists; '
+            f'could not reach the Hugging Face Hub at {endpoint} for {what}, and no cached copy exists{offline}; '
             f'{local_hint}') from e
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
         raise WeightsError(f'no weights for {what} at {endpoint} ({type(e).__name__}); they may not be '
@@ -253,4 +292,8 @@ def create_model(spec: str, pretrained: bool = True, **kwargs: Any) -> nn.Module
         raise ValueError(f"unknown model {spec!r}: not a registered timm model, an hf-hub: id or a model "
                          f"folder; try timm.list_models('wae_*')")
     with translate_hub_errors(name):
+        if spec.startswith('hf-hub:'):  # timm reads config.json from the Hub before any entry point runs
+            cached = before_download(name.split('@')[0], name)
+            if cached is not None:
+                return create_model(str(Path(cached).parent), pretrained=pretrained, **kwargs)
         return timm.create_model(spec, pretrained=pretrained, **kwargs)

@@ -3,9 +3,10 @@ from typing import Any, Callable, Dict, Optional
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
+from timm.models._builder import resolve_pretrained_cfg  # the builder's own cfg resolution
 from torch import nn
 
-from ..hub import timm_filter, translate_hub_errors
+from ..hub import before_download, timm_filter, translate_hub_errors
 from ..wrapper import WAEWrapper
 
 # The Hugging Face organisation that the project's weights are published under.
@@ -41,6 +42,20 @@ def hub_cfgs(name: str, classifier: Any = None, imagenette: Optional[Dict[str, A
     }
 
 
+def _offline_overlay(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Weights that come from the Hub: fail at once when it does not answer and nothing is cached,
+    or load the cached file without the Hub client's retries."""
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+    if cfg.get('file') or not cfg.get('hf_hub_id'):
+        return kwargs
+    what = f"{variant}.{cfg['tag']}" if cfg.get('tag') else variant
+    cached = before_download(cfg['hf_hub_id'], what)
+    if cached is None:
+        return kwargs
+    return dict(kwargs, pretrained_cfg_overlay=dict(kwargs.get('pretrained_cfg_overlay') or {}, file=cached))
+
+
 def create_wae(
         variant: str,
         pretrained: bool = False,
@@ -52,6 +67,8 @@ def create_wae(
     Pretrained weights are checked key by key and shape by shape before loading, and download
     failures say how to load a local file instead.
     """
+    if pretrained:
+        kwargs = _offline_overlay(variant, kwargs)
     with translate_hub_errors(variant):
         model = build_model_with_cfg(
             model_fn, variant, pretrained, pretrained_strict=True, pretrained_filter_fn=timm_filter, **kwargs)
