@@ -274,3 +274,30 @@ def test_float64_images_are_named_and_torchscript_compiles_every_front_end():
             torch.testing.assert_close(scripted(X), model(X))
         with pytest.raises(Exception, match='expected 3 input channels'):
             scripted(torch.randn(1, 4, 32, 32))
+
+
+# ----------------------------------------------------------------------------- features_only / forward_intermediates
+@pytest.mark.parametrize('name, kwargs', [('wae_resnet18', {}), ('wae2_resnet18', {}),
+                                          ('wae', dict(backbone='convnext_nano')), ('wae_vgg11', {})])
+def test_features_only_is_the_backbones_pyramid_at_half_resolution_with_ih_joined(name, kwargs):
+    model = timm.create_model(name, num_classes=3, **kwargs).eval()
+    pyramid = timm.create_model(name, features_only=True, **kwargs).eval()
+    pyramid.model.load_state_dict(model.state_dict(), strict=False)  # the same weights (pyramid has no heads)
+    backbone = timm.create_model(kwargs.get('backbone') or model.backbone.pretrained_cfg['architecture'],
+                                 features_only=True)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        maps, plain = pyramid(x), backbone(torch.randn(2, 3, 64, 64))
+        low, high = model.decompose(x)
+        own = model.backbone.forward_intermediates(
+            torch.cat([model.norm_low(low), model.norm_high(high)], 1) if model.ih_into_stem else model.norm_low(low),
+            intermediates_only=True, indices=len(maps))
+    assert len(maps) == len(plain) == len(pyramid.feature_info.channels())
+    for m, p, o, chs, red, plain_red in zip(maps, plain, own, pyramid.feature_info.channels(),
+                                            pyramid.feature_info.reduction(), backbone.feature_info.reduction()):
+        assert m.shape[-2:] == p.shape[-2:] and m.shape[1] == chs
+        assert red == 2 * plain_red  # relative to the full-size image
+        torch.testing.assert_close(m[:, :o.shape[1]], o)  # IL's map first, then the IH branch's
+        assert (chs == o.shape[1]) == (model.ih_branch is None)
+    final, inter = model.forward_intermediates(x)
+    torch.testing.assert_close(final, model.forward_features(x))

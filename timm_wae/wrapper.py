@@ -8,7 +8,7 @@ The paper averages the two scores; the authors' released model sums them (same a
 """
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import timm
 import torch
@@ -169,7 +169,7 @@ class WAEWrapper(nn.Module):
         pretrained_backbone: start the backbone from timm's pretrained weights (when a name).
     """
 
-    __jit_unused_properties__ = ['first_conv']  # TorchScript: a cfg lookup, not part of the forward
+    __jit_unused_properties__ = ['first_conv', 'feature_info']  # TorchScript: metadata, not the forward
 
     def __init__(
             self,
@@ -242,6 +242,7 @@ class WAEWrapper(nn.Module):
         self.head_hidden_size = backbone.head_hidden_size + (
             self.fusion_head.num_features if self.fusion_head is not None else 0)
 
+        self._feature_info: Optional[List[Dict[str, Any]]] = None  # made on first use (feature_info)
         arch = _backbone_name(backbone)
         self.derived_cfg = self._derive_cfg(getattr(backbone, 'pretrained_cfg', {}))
         self.pretrained_cfg = dict(self.derived_cfg)
@@ -315,6 +316,81 @@ class WAEWrapper(nn.Module):
         if self.fusion_head is not None:
             self.fusion_head.reset(num_classes, global_pool)
         self.num_classes = self.model_args['num_classes'] = num_classes
+
+    # ------------------------------------------------------------------ feature pyramid (features_only)
+    @property
+    def feature_info(self) -> List[Dict[str, Any]]:
+        """The backbone's pyramid, reductions relative to the input image (the backbone's doubled).
+
+        With an IH branch, each level's channels are the backbone's plus the branch's: its map of
+        the same level is joined by concatenation (average-pooled to the IL map's size where they
+        differ), as ``forward_features`` joins the last level. With ``ih_fusion='stem'`` IH is in
+        the backbone's input, so the pyramid is the backbone's.
+        """
+        if self._feature_info is None:
+            info = getattr(self.backbone, 'feature_info', None)
+            if not info:
+                raise AttributeError(f'backbone {_backbone_name(self.backbone)!r} has no feature_info: no pyramid')
+            info = [dict(i) for i in (info.info if hasattr(info, 'info') else info)]
+            extra = self._branch_channels(len(info)) if self.ih_branch is not None else [0] * len(info)
+            self._feature_info = [dict(i, reduction=2 * i['reduction'], num_chs=i['num_chs'] + c,
+                                       module=f"backbone.{i['module']}") for i, c in zip(info, extra)]
+        return self._feature_info
+
+    @torch.no_grad()
+    def _branch_channels(self, levels: int) -> List[int]:
+        """The IH branch's channels per level, from one small forward (widths may be rounded)."""
+        p = next(self.ih_branch.parameters())
+        side = 2 * max(i['reduction'] for i in self.backbone.feature_info)
+        was_training = self.ih_branch.training
+        x = torch.zeros(1, self.norm_high.num_features if isinstance(self.norm_high, nn.BatchNorm2d) else 3,
+                        side, side, device=p.device, dtype=p.dtype)
+        maps = self.ih_branch.eval().forward_intermediates(x, indices=levels, intermediates_only=True)
+        self.ih_branch.train(was_training)
+        return [m.shape[1] for m in maps]
+
+    @staticmethod
+    def _join(f_low: Tensor, f_high: Tensor) -> Tensor:
+        if f_high.shape[-2:] != f_low.shape[-2:]:
+            f_high = F.adaptive_avg_pool2d(f_high, f_low.shape[-2:])
+        return torch.cat([f_low, f_high], dim=1)
+
+    @torch.jit.unused
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """timm's contract: the pyramid maps at ``indices`` (and the final features), IL and IH joined."""
+        low, high = self.decompose(x)
+        low = self.norm_low(low)
+        if high is not None and self.ih_into_stem:
+            low, high = torch.cat([low, self.norm_high(high)], dim=1), None
+        kw = dict(indices=indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
+                  intermediates_only=intermediates_only)
+        out_low = self.backbone.forward_intermediates(low, **kw)
+        if self.ih_branch is None or high is None:
+            return out_low
+        out_high = self.ih_branch.forward_intermediates(self.norm_high(high), **kw)
+        if intermediates_only:
+            return [self._join(a, b) for a, b in zip(out_low, out_high)]
+        return self._join(out_low[0], out_high[0]), [self._join(a, b) for a, b in zip(out_low[1], out_high[1])]
+
+    @torch.jit.unused
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the layers after the last level in ``indices`` (and the heads) from both networks."""
+        _ = self.feature_info  # measure the branch's channels before its later stages go
+        take = self.backbone.prune_intermediate_layers(indices, prune_norm, prune_head)
+        if self.ih_branch is not None:
+            self.ih_branch.prune_intermediate_layers(indices, prune_norm, prune_head)
+        if prune_head and self.fusion_head is not None:
+            self.fusion_head.reset(0)
+        return take
 
     # ------------------------------------------------------------------ forward
     def decompose(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:

@@ -1,6 +1,8 @@
 """What every wae_* entry function shares: default cfgs and the call to timm's builder."""
 from typing import Any, Callable, Dict, Optional
 
+import timm
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg  # the builder's own cfg resolution
@@ -69,8 +71,14 @@ def create_wae(
     """
     if pretrained:
         kwargs = _offline_overlay(variant, kwargs)
+    if kwargs.get('features_only'):  # the pyramid comes from forward_intermediates, both networks joined
+        kwargs.setdefault('feature_cls', 'getter')
+        if 'out_indices' not in kwargs and isinstance(kwargs.get('backbone'), str):  # every level of the backbone's
+            with torch.device('meta'):
+                kwargs['out_indices'] = tuple(range(len(timm.create_model(kwargs['backbone']).feature_info)))
     with translate_hub_errors(variant):
         model = build_model_with_cfg(
             model_fn, variant, pretrained, pretrained_strict=True, pretrained_filter_fn=timm_filter, **kwargs)
-    model._model_args = {}
+    if isinstance(model, WAEWrapper):  # not a features_only pyramid
+        model._model_args = {}
     return model

@@ -23,5 +23,6 @@ def wae(pretrained: bool = False, backbone: str = 'resnet50', **kwargs: Any) -> 
     names = wae_layer_names(inner.to_dict() if inner else {}, kwargs.get('front_end', 'wae'), fusion_head)
     kwargs['pretrained_cfg_overlay'] = dict(names, **(kwargs.get('pretrained_cfg_overlay') or {}))
     model = create_wae('wae', pretrained, backbone=backbone, **kwargs)
-    model._model_args = model.model_args  # the generic name implies nothing: record every arg
+    if isinstance(model, WAEWrapper):  # not a features_only pyramid
+        model._model_args = model.model_args  # the generic name implies nothing: record every arg
     return model
