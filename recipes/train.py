@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 from timm_wae import WAEWrapper
 from timm_wae.baselines import FRONT_ENDS, LEARNED_FRONT_ENDS
 from timm_wae.distill import DistillationLoss, Teacher, load_teacher
-from timm_wae.data import (SeededBatchSampler, SeededTransform, cached_image_folder, dataset_classes, image_folder,
-                           loader_throughput, tensor_transform)
+from timm_wae.data import (SeededBatchSampler, SeededTransform, cached_image_folder, check_image_folder,
+                           dataset_classes, image_folder, loader_throughput, tensor_transform)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # relative paths in configs are relative to this
 
@@ -53,7 +53,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]  # relative paths in configs are
 # =============================================================================== configuration
 @dataclass
 class DataConfig:
-    root: str = '../shared/data/imagenette160'  # ImageFolder root holding the two splits below
+    root: Optional[str] = '../shared/data/imagenette160'  # ImageFolder root of the two splits; None: synthetic
     train_split: str = 'train'
     val_split: str = 'val'
     img_size: int = 128                 # training crop and eval crop (the WAE's input; IL is half)
@@ -246,9 +246,46 @@ def model_data_config(model: nn.Module, cfg: DataConfig) -> Dict[str, Any]:
     return dc
 
 
-def build_datasets(cfg: DataConfig, dc: Dict[str, Any], accelerator: Accelerator):
+def synthetic_image_folder(root: Path, per_class: int = 8, size: int = 40) -> Path:
+    """A tiny ImageFolder (3 classes of noisy single-colour JPEGs, both splits), made once: the smoke
+    config runs from a fresh clone without any data set."""
+    from PIL import Image
+    if (root / 'done').is_file():
+        return root
+    rng = np.random.default_rng(0)
+    for split, n in (('train', per_class), ('val', max(per_class // 2, 1))):
+        for c, colour in enumerate([(220, 40, 40), (40, 200, 40), (40, 40, 220)]):
+            folder = root / split / f'class{c}'
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f'{i}.jpg', quality=90)
+    (root / 'done').write_text('')
+    return root
+
+
+def check_paths(cfg: Config) -> None:
+    """Every path the config names exists (the data splits have class folders with images): one
+    clear error before anything is built. ``timm-wae train`` calls it before launching."""
+    if cfg.data.root is not None:
+        for split in (cfg.data.train_split, cfg.data.val_split):
+            check_image_folder(resolve(cfg.data.root) / split)
+    for key, value in (('init_from', cfg.init_from), ('model.backbone_from', cfg.model.backbone_from)):
+        if value is not None and not resolve(value).exists():
+            raise FileNotFoundError(f'{key}={value!r} does not exist')
+
+
+def data_root(cfg: Config) -> Path:
+    """The checked data root; None in the config makes the synthetic set under output_dir."""
+    check_paths(cfg)
+    if cfg.data.root is None:
+        return synthetic_image_folder(resolve(cfg.output_dir) / 'synthetic_data')
+    return resolve(cfg.data.root)
+
+
+def build_datasets(cfg: DataConfig, root: Path, dc: Dict[str, Any], accelerator: Accelerator):
     """(train dataset keyed by (index, seed), val dataset, class names)."""
-    root = resolve(cfg.root)
+
     val_max = cfg.val_max_per_class if cfg.val_max_per_class is not None else cfg.max_per_class
     aug = dict(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
                interpolation=dc['interpolation'], mean=dc['mean'], std=dc['std'])
@@ -479,8 +516,8 @@ def save_model(model: nn.Module, folder: Path, cfg: Config, stage: int, classes:
     tmp = folder.with_name(folder.name + '.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     card = dict(
-        name=f'{config_name} (stage {stage})', dataset=Path(cfg.data.root).name,
-        license='other' if 'imagenette' in cfg.data.root else 'apache-2.0',
+        name=f'{config_name} (stage {stage})', dataset=Path(cfg.data.root or 'synthetic').name,
+        license='other' if 'imagenette' in (cfg.data.root or '') else 'apache-2.0',
         recipe=dict(config=config_name, stage=stage, stages=cfg.stages, model=asdict(cfg.model),
                     data=asdict(cfg.data), training=asdict(cfg.stage(stage)), seed=cfg.seed),
         results=results,
@@ -734,9 +771,11 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
     probe = build_model(replace(cfg.model, backbone_from=None), cfg.model.num_classes or 2)  # no weights needed
     dc = model_data_config(probe, cfg.data)
     del probe
-    train_set, val_set, classes = build_datasets(cfg.data, dc, accelerator)
+    with accelerator.main_process_first():  # the main process makes the synthetic set, if any
+        root = data_root(cfg)
+    train_set, val_set, classes = build_datasets(cfg.data, root, dc, accelerator)
     if cfg.model.num_classes not in (None, len(classes)):
-        raise ValueError(f'model.num_classes={cfg.model.num_classes} but {cfg.data.root} has {len(classes)} classes')
+        raise ValueError(f'model.num_classes={cfg.model.num_classes} but {root} has {len(classes)} classes')
     accelerator.print(f'data: {len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, '
                       f'{cfg.data.img_size} px, cache={"on" if cfg.data.cache else "off"}')
     val_loader = accelerator.prepare(DataLoader(val_set, batch_size=cfg.data.eval_batch_size,
@@ -793,4 +832,8 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (ValueError, FileNotFoundError) as e:  # configuration and data problems: one line, no traceback
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)

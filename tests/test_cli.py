@@ -332,7 +332,8 @@ def test_train_launches_the_recipe_through_accelerate(tmp_path):
     recipes = tmp_path / 'recipes'
     (recipes / 'configs').mkdir(parents=True)
     (recipes / 'train.py').write_text(
-        'import json, os, sys\nopen(os.environ["ARGV_OUT"], "w").write(json.dumps(sys.argv[1:]))\n')
+        'import json, os, sys\nif __name__ == "__main__":\n'
+        '    open(os.environ["ARGV_OUT"], "w").write(json.dumps(sys.argv[1:]))\n')
     (recipes / 'configs' / 'tiny.yaml').write_text('epochs: 1\n')
     argv_out = tmp_path / 'argv.json'
     ok(run_cli('train', 'tiny', 'epochs=2', 'model=wae_resnet18',
@@ -341,9 +342,11 @@ def test_train_launches_the_recipe_through_accelerate(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- user errors
-@pytest.mark.parametrize('case', ['missing_root', 'unknown_model', 'unreadable_image'])
-def test_user_errors_exit_2_without_traceback_as_a_process(case, data):
+@pytest.mark.parametrize('case', ['missing_root', 'unknown_model', 'unreadable_image', 'train_missing_root'])
+def test_user_errors_exit_2_without_traceback_as_a_process(case, data, tmp_path):
     args, expected = {
+        'train_missing_root': (('train', 'smoke', f'data.root={data / "nowhere"}', f'output_dir={tmp_path / "run"}'),
+                               ['smoke.yaml', 'nowhere/train', 'does not exist']),
         'missing_root': (('eval', 'resnet18', '--no-pretrained', '--data', data / 'nowhere'), ['nowhere', 'does not exist']),
         'unknown_model': (('bench', 'wae_resnet_nope', '--img-size', 32), ["unknown model 'wae_resnet_nope'",
                                                                            "timm.list_models('wae_*')"]),

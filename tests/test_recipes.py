@@ -419,3 +419,15 @@ def test_converting_a_trained_network_with_distillation(data_root, tmp_path, mon
         with pytest.raises(ValueError, match=message):
             train.main([str(CONFIGS / 'wae2_stem.yaml'), f'data.root={data_root}', f'output_dir={out}', *TINY, *bad])
         assert not (out / 'stage2').exists()  # refused before training
+
+
+def test_smoke_config_runs_from_a_fresh_clone_on_data_it_makes(tmp_path, monkeypatch):
+    """smoke.yaml names no data set (data.root null): it makes a synthetic one under output_dir."""
+    monkeypatch.setenv('TIMM_WAE_CACHE', str(tmp_path / 'cache'))
+    out = tmp_path / 'run'
+    assert train.main([str(SMOKE), f'output_dir={out}', 'stages=[2]', 'stage2.epochs=1']) == 0
+    made = sorted(p.relative_to(out / 'synthetic_data').parts[:2] for p in (out / 'synthetic_data').rglob('*.jpg'))
+    assert {m[0] for m in made} == {'train', 'val'} and {m[1] for m in made} == {'class0', 'class1', 'class2'}
+    assert (out / 'stage2' / 'done.json').is_file()
+    with pytest.raises(FileNotFoundError, match="nowhere/train' does not exist"):
+        train.main([str(SMOKE), f'output_dir={tmp_path / "other"}', f'data.root={tmp_path / "nowhere"}'])

@@ -475,6 +475,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f'expected key=value overrides after CONFIG, got {bad}')
     if importlib.util.find_spec('accelerate') is None:
         raise CLIError('accelerate is not installed (pip install accelerate); it launches recipes/train.py')
+    spec = importlib.util.spec_from_file_location('timm_wae_recipe', recipes / 'train.py')
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    try:  # the config and every path it names, before the launch (accelerate would print a traceback)
+        if hasattr(recipe, 'check_paths'):
+            recipe.check_paths(recipe.load_config(config, [o for o in args.overrides if not o.startswith('-')]))
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(f'{config.name}: {e}') from None
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', *shlex.split(args.launcher_args or ''),
            str(recipes / 'train.py'), str(config), *args.overrides]
     print('accelerate launch ' + ' '.join(shlex.quote(c) for c in cmd[3:]), file=sys.stderr)
