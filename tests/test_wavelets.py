@@ -85,7 +85,7 @@ def test_gradients() -> None:
 @pytest.mark.parametrize(
     ("tensor", "message"),
     [
-        (torch.randn(3, 16, 16), r"4-D tensor \[B, C, H, W\], got shape \(3, 16, 16\)"),
+        (torch.randn(3, 16, 16), r"4-D tensor \[B, C, H, W\], got shape \[3, 16, 16\]"),
         (torch.randn(1, 3, 15, 16), r"even H and W .*H=15, W=16"),
         (torch.randn(1, 3, 16, 9), r"even H and W .*H=16, W=9"),
         (torch.randn(1, 3, 2, 16), r"at least 4.*H=2"),
@@ -99,7 +99,7 @@ def test_dwt2_rejects_bad_input(tensor: torch.Tensor, message: str) -> None:
 
 def test_idwt2_rejects_mismatched_details() -> None:
     ca = torch.randn(1, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"details must have shape .*got \(1, 6, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"details must have shape .*got \[1, 6, 8, 8\]"):
         idwt2(ca, torch.randn(1, 6, 8, 8))
     with pytest.raises(ValueError, match=r"4-D tensor"):
         idwt2(ca[0], torch.randn(9, 8, 8))

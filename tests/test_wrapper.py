@@ -152,7 +152,7 @@ def test_bad_backbones_and_widths_are_refused_by_name():
             WAEWrapper('resnet18', width_divisor=bad)
     with pytest.raises(ShrinkError, match="'conv1' has 64 channels"):
         WAEWrapper('resnet18', width_divisor=128)
-    with pytest.raises(ShrinkError, match='cls_token'):
+    with pytest.raises(ShrinkError, match='pos_embed'):
         WAEWrapper('vit_tiny_patch16_224')
     with pytest.raises(ValueError, match='unknown front_end'):
         WAEWrapper('resnet18', front_end='fft')
@@ -301,3 +301,34 @@ def test_features_only_is_the_backbones_pyramid_at_half_resolution_with_ih_joine
         assert (chs == o.shape[1]) == (model.ih_branch is None)
     final, inter = model.forward_intermediates(x)
     torch.testing.assert_close(final, model.forward_features(x))
+
+
+# ----------------------------------------------------------------------------- every timm CNN family
+WORKS = ['resnet26d', 'ghostnet_100', 'regnety_008', 'efficientnetv2_rw_t', 'mobilenetv4_conv_small', 'repvgg_a0',
+         'tf_mobilenetv3_small_100', 'resnetv2_50', 'xception41', 'hrnet_w18_small', 'dla34', 'res2net50_26w_4s',
+         'fastvit_t8', 'edgenext_x_small', 'cspresnet50', 'cspresnext50', 'cspdarknet53']
+REFUSED = {  # name -> what the ShrinkError must say
+    'mixnet_s': ["layer 'blocks.1.0.conv_pw'", 'split_with_sizes'],
+    'levit_128s': ['attention_biases', 'Token models'],
+    'maxvit_tiny_tf_224': ['relative_position_bias_table', 'Token models'],
+    'vit_tiny_patch16_224': ['pos_embed', 'Token models'],
+}
+
+
+@pytest.mark.parametrize('name', WORKS)
+def test_every_cnn_family_gets_a_quarter_width_ih_branch(name):
+    model = WAEWrapper(name, num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 128, 128)).shape == (2, 10)
+    backbone_feature_params = _feature_params(model.backbone)
+    assert _feature_params(model.ih_branch) < 0.15 * backbone_feature_params  # about 1/16 of the weights
+
+
+@pytest.mark.parametrize('name', sorted(REFUSED))
+def test_families_that_cannot_be_shrunk_are_refused_by_layer_and_reason(name):
+    with pytest.raises(ShrinkError) as exc:
+        WAEWrapper(name, num_classes=10)
+    for text in REFUSED[name]:
+        assert text in str(exc.value)
+    if not name.startswith(('levit', 'maxvit', 'vit')):
+        assert 'Token models' not in str(exc.value)  # never the ViT hint for a CNN

@@ -3,18 +3,25 @@
 Families with width arguments are rebuilt through timm's own constructors (VGG ``cfg``,
 ConvNeXt ``dims``, DenseNet ``growth_rate``), which keeps their initialisation and any layer
 that scales with width (ConvNeXt's layer-scale). Everything else goes through a generic rewrite
-of a deep copy that resizes each Conv2d / Linear / norm layer. Either way the result is checked
-with a forward pass, so an unsupported layer fails here, by name, and not at training time.
+of a deep copy that resizes each Conv2d / Linear / norm layer and per-channel parameter (layer
+scale). Where the rewritten copy does not run because a width is stored outside the layers
+(Res2Net, EdgeNeXt, CSPNet), the family's constructor is used instead. Either way the result is
+checked with a forward pass, so an unsupported layer fails here, by name, and not at training time.
 """
 import copy
 import math
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import timm
 import torch
 from timm.models.convnext import ConvNeXt
+from timm.models.cspnet import CspNet
+from timm.models.cspnet import model_cfgs as cspnet_cfgs
 from timm.models.densenet import DenseNet
+from timm.models.edgenext import EdgeNeXt
+from timm.models.resnet import ResNet
 from timm.models.vgg import VGG
 from torch import nn
 
@@ -55,24 +62,60 @@ def _densenet_args(model: DenseNet, d: int) -> dict:
     return dict(growth_rate=_divide(growth, d, 'features.denseblock1.denselayer1.conv2'))
 
 
+def _resnet_args(model: ResNet, d: int) -> dict:
+    """Planes per stage and stem width: what Res2Net's per-scale splits are derived from."""
+    planes = []
+    for i in range(1, 5):
+        block = getattr(model, f'layer{i}')[0]
+        last = block.conv3 if hasattr(block, 'conv3') else block.conv2
+        planes.append(_divide(last.out_channels // getattr(block, 'expansion', 1), d, f'layer{i}.0'))
+    stem = model.conv1 if isinstance(model.conv1, nn.Conv2d) else model.conv1[0]
+    return dict(channels=tuple(planes), stem_width=_divide(stem.out_channels, d, 'conv1'))
+
+
+def _edgenext_args(model: EdgeNeXt, d: int) -> dict:
+    """dims divided, rounded up to a multiple of the attention heads (4 in every EdgeNeXt)."""
+    return dict(dims=tuple(4 * math.ceil(_divide(f['num_chs'], d, f['module']) / 4) for f in model.feature_info))
+
+
+def _cspnet(model: CspNet, arch: str, d: int, in_chans: int) -> nn.Module:
+    """CspNet takes its widths as a config dataclass: the stem's and the stages' out_chs divided."""
+    cfg = cspnet_cfgs[arch]
+    stem_out = cfg.stem.out_chs
+    stem_out = tuple(_divide(c, d, 'stem') for c in stem_out) if isinstance(stem_out, tuple) else _divide(stem_out, d, 'stem')
+    cfg = replace(cfg, stem=replace(cfg.stem, out_chs=stem_out),
+                  stages=replace(cfg.stages, out_chs=tuple(_divide(c, d, 'stages') for c in cfg.stages.out_chs)))
+    return CspNet(cfg=cfg, in_chans=in_chans, num_classes=0)
+
+
 # Families whose timm constructor takes the widths; the value maps a model to the width kwargs.
 WIDTH_ARGS: Dict[Type[nn.Module], Callable[[nn.Module, int], dict]] = {
     VGG: _vgg_args,
     ConvNeXt: _convnext_args,
     DenseNet: _densenet_args,
 }
+# Families the generic rewrite handles except where a width is stored outside the layers (Res2Net's
+# per-scale splits, EdgeNeXt's positional encoding, CSPNet's split points): when the rewritten copy
+# does not run, they are rebuilt through these instead.
+FALLBACK_WIDTH_ARGS: Dict[Type[nn.Module], Callable[[nn.Module, int], dict]] = {
+    ResNet: _resnet_args,
+    EdgeNeXt: _edgenext_args,
+}
 
 
-def _rebuild_narrow(model: nn.Module, divisor: int, in_chans: int) -> Optional[nn.Module]:
+def _rebuild_narrow(model: nn.Module, divisor: int, in_chans: int,
+                    table: Dict[Type[nn.Module], Callable[[nn.Module, int], dict]] = WIDTH_ARGS) -> Optional[nn.Module]:
     """Rebuild through the constructor when the family supports it, else None."""
-    width_fn = WIDTH_ARGS.get(type(model))
+    arch = getattr(model, 'pretrained_cfg', {}).get('architecture')
+    if table is FALLBACK_WIDTH_ARGS and isinstance(model, CspNet) and arch in cspnet_cfgs:
+        return _cspnet(model, arch, divisor, in_chans)
+    width_fn = table.get(type(model))
     if width_fn is None:
         return None
     width_args = width_fn(model, divisor)
     if isinstance(model, VGG):
         conv = model.features[0]
         return VGG(conv_layer=type(conv), num_classes=0, in_chans=in_chans, **width_args)
-    arch = getattr(model, 'pretrained_cfg', {}).get('architecture')
     if arch is None:
         return None
     kwargs = {k: v for k, v in getattr(model, '_model_args', {}).items()
@@ -168,15 +211,34 @@ def _rewrite_narrow(model: nn.Module, divisor: int, in_chans: int, model_name: s
         elif isinstance(m, nn.GroupNorm):
             _shrink_groupnorm(m, div(m.num_channels))
         else:
-            own = [n for n, _ in m.named_parameters(recurse=False)]
-            own += [n for n, b in m.named_buffers(recurse=False) if b is not None and b.numel() > 1]
-            if own:
-                raise ShrinkError(
-                    f'cannot divide the width of {model_name}: layer {name or "<root>"!r} '
-                    f'({type(m).__name__}) holds {", ".join(own)}, which the generic rewrite does not '
-                    f'know how to resize. Families tested: see the README (ViT-style token models '
-                    f'are not supported).')
+            _shrink_per_channel(m, name, divisor, model_name)
     return narrow
+
+
+def _shrink_per_channel(m: nn.Module, name: str, divisor: int, model_name: str) -> None:
+    """Per-channel parameters of any other layer (layer scale ``gamma``, per-channel scales and
+    offsets: one value per channel along one axis) take the new width, filled with their mean
+    (a constant at initialisation, so the family's own init is kept). Anything else is an error
+    that names the layer."""
+    own = [(n, p) for n, p in m.named_parameters(recurse=False)]
+    own += [(n, b) for n, b in m.named_buffers(recurse=False) if b is not None and b.numel() > 1]
+    for attr, tensor in own:
+        channel_dims = [d for d, n in enumerate(tensor.shape) if n > 1]
+        if len(channel_dims) != 1:
+            token = any(t in attr for t in ('token', 'pos_embed', 'rel_pos', 'relative_position', 'attention_bias'))
+            hint = (' Token models (ViT-style) have no width the IH branch can divide.' if token else
+                    ' Pass a backbone whose constructor takes widths, or another width_divisor.')
+            raise ShrinkError(
+                f'cannot divide the width of {model_name}: layer {name or "<root>"!r} ({type(m).__name__}) holds '
+                f'{attr} of shape {tuple(tensor.shape)}, which is not one value per channel.{hint}')
+        d = channel_dims[0]
+        shape = list(tensor.shape)
+        shape[d] = _divide(shape[d], divisor, f'{name}.{attr}')
+        new = torch.full(shape, tensor.detach().float().mean().item(), dtype=tensor.dtype, device=tensor.device)
+        if isinstance(tensor, nn.Parameter):
+            setattr(m, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
+        else:
+            setattr(m, attr, new)
 
 
 # ----------------------------------------------------------------------------- verification
@@ -214,12 +276,12 @@ def _verify(narrow: nn.Module, in_chans: int, size: Sequence[int], model_name: s
     with torch.no_grad(), _trace_calls(narrow) as (stack, called):
         try:
             out = _sample_forward(narrow, in_chans, size)
-        except RuntimeError as e:
+        except Exception as e:  # noqa: BLE001 - any failure inside the copy (RuntimeError, ValueError, ...)
             layer = stack[-1] if stack else '<root>'
             raise ShrinkError(
                 f'the quarter-width copy of {model_name} does not run: layer {layer!r} failed on a '
-                f'{in_chans}x{size[0]}x{size[1]} input ({e}). This family cannot be shrunk generically.'
-            ) from e
+                f'{in_chans}x{size[0]}x{size[1]} input ({type(e).__name__}: {e}). This family cannot be shrunk '
+                f'generically.') from e
     narrow.train(was_training)
     if out.ndim != 4:
         raise ShrinkError(f'{model_name}.forward_features must return NCHW features, got shape {tuple(out.shape)}')
@@ -250,10 +312,19 @@ def shrink_width(
         raise TypeError(f'the backbone must be a timm-style model with forward_features(), '
                         f'got {type(backbone).__name__}')
     model_name = getattr(backbone, 'pretrained_cfg', {}).get('architecture') or type(backbone).__name__
-    narrow = _rebuild_narrow(backbone, divisor, in_chans) or _rewrite_narrow(backbone, divisor, in_chans, model_name)
     p = next(backbone.parameters())
-    narrow.to(device=p.device, dtype=p.dtype)
-    channels, called = _verify(narrow, in_chans, sample_size, model_name)
+    narrow = _rebuild_narrow(backbone, divisor, in_chans)
+    if narrow is None:
+        narrow = _rewrite_narrow(backbone, divisor, in_chans, model_name)  # a width that cannot be divided: raises
+        try:
+            channels, called = _verify(narrow.to(device=p.device, dtype=p.dtype), in_chans, sample_size, model_name)
+        except ShrinkError:  # the rewritten copy does not run: the family's constructor, where it has one
+            narrow = _rebuild_narrow(backbone, divisor, in_chans, FALLBACK_WIDTH_ARGS)
+            if narrow is None:
+                raise
+            channels, called = _verify(narrow.to(device=p.device, dtype=p.dtype), in_chans, sample_size, model_name)
+    else:
+        channels, called = _verify(narrow.to(device=p.device, dtype=p.dtype), in_chans, sample_size, model_name)
     _drop_unused(narrow, called)
     narrow.num_features = narrow.head_hidden_size = channels
     return narrow, channels

@@ -6,6 +6,7 @@
 
 The paper averages the two scores; the authors' released model sums them (same argmax).
 """
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -227,7 +228,8 @@ class WAEWrapper(nn.Module):
         self.high_features = 0
         self.ih_branch = self.fusion_head = None
         if use_ih and not use_stem:
-            size = [max(s // 2, 32) for s in backbone.pretrained_cfg.get('input_size', (3, 224, 224))[1:]]
+            # the check pass: half the backbone's size, rounded up to a multiple of 64 (HRNet, DLA need one)
+            size = [64 * max(math.ceil(s / 128), 1) for s in backbone.pretrained_cfg.get('input_size', (3, 224, 224))[1:]]
             self.ih_branch, self.high_features = shrink_width(backbone, width_divisor, high_chans, size)
             hidden, kernel = mlp_head_shape(backbone) or (None, 1)
             self.fusion_head = FusionHead(
