@@ -306,9 +306,8 @@ def test_features_only_is_the_backbones_pyramid_at_half_resolution_with_ih_joine
 # ----------------------------------------------------------------------------- every timm CNN family
 WORKS = ['resnet26d', 'ghostnet_100', 'regnety_008', 'efficientnetv2_rw_t', 'mobilenetv4_conv_small', 'repvgg_a0',
          'tf_mobilenetv3_small_100', 'resnetv2_50', 'xception41', 'hrnet_w18_small', 'dla34', 'res2net50_26w_4s',
-         'fastvit_t8', 'edgenext_x_small', 'cspresnet50', 'cspresnext50', 'cspdarknet53']
+         'fastvit_t8', 'edgenext_x_small', 'cspresnet50', 'cspresnext50', 'cspdarknet53', 'mixnet_s']
 REFUSED = {  # name -> what the ShrinkError must say
-    'mixnet_s': ["layer 'blocks.1.0.conv_pw'", 'split_with_sizes'],
     'levit_128s': ['attention_biases', 'Token models'],
     'maxvit_tiny_tf_224': ['relative_position_bias_table', 'Token models'],
     'vit_tiny_patch16_224': ['pos_embed', 'Token models'],
@@ -330,5 +329,21 @@ def test_families_that_cannot_be_shrunk_are_refused_by_layer_and_reason(name):
         WAEWrapper(name, num_classes=10)
     for text in REFUSED[name]:
         assert text in str(exc.value)
-    if not name.startswith(('levit', 'maxvit', 'vit')):
-        assert 'Token models' not in str(exc.value)  # never the ViT hint for a CNN
+
+
+
+def test_a_cnn_layer_the_rewrite_cannot_resize_is_named_without_the_token_hint():
+    class Odd(nn.Module):  # a per-position table: not one value per channel
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.zeros(8, 8))
+
+        def forward(self, x):
+            return x + self.table
+
+    backbone = timm.create_model('resnet18', num_classes=3)
+    backbone.layer1[0].add_module('odd', Odd())
+    with pytest.raises(ShrinkError) as exc:
+        WAEWrapper(backbone)
+    assert "layer 'layer1.0.odd' (Odd) holds table of shape (8, 8)" in str(exc.value)
+    assert 'Token models' not in str(exc.value)

@@ -23,6 +23,7 @@ from timm.models.densenet import DenseNet
 from timm.models.edgenext import EdgeNeXt
 from timm.models.resnet import ResNet
 from timm.models.vgg import VGG
+from timm.layers.mixed_conv2d import MixedConv2d
 from torch import nn
 
 __all__ = ['shrink_width', 'ShrinkError']
@@ -148,6 +149,25 @@ def _shrink_conv(m: nn.Conv2d, new_in: int, new_out: int) -> None:
     m.reset_parameters()
 
 
+def _split_channels(channels: int, groups: int) -> List[int]:
+    """MixedConv2d's split: equal parts, the remainder on the first (as its constructor does)."""
+    split = [channels // groups] * groups
+    split[0] += channels - sum(split)
+    return split
+
+
+def _shrink_mixed(m: MixedConv2d, new_in: int, new_out: int) -> None:
+    """MixNet's mixed-kernel conv splits its channels between kernels: split the new widths the
+    way its constructor does, so the splits still add up to the input's channels."""
+    convs = list(m.values())
+    in_splits, out_splits = _split_channels(new_in, len(convs)), _split_channels(new_out, len(convs))
+    if min(in_splits + out_splits) < 1:
+        raise ShrinkError(f'a mixed conv of {len(convs)} kernels cannot split {new_in} -> {new_out} channels')
+    for conv, i, o in zip(convs, in_splits, out_splits):
+        _shrink_conv(conv, i, o)
+    m.in_channels, m.out_channels, m.splits = new_in, new_out, in_splits
+
+
 def _shrink_linear(m: nn.Linear, new_in: int, new_out: int) -> None:
     m.in_features, m.out_features = new_in, new_out
     m.weight = _new_param(m.weight, new_out, new_in)
@@ -198,9 +218,15 @@ def _rewrite_narrow(model: nn.Module, divisor: int, in_chans: int, model_name: s
     if hasattr(narrow, 'reset_classifier'):
         narrow.reset_classifier(0)
     first = _first_convs(narrow)
+    mixed = set()  # convs of a MixedConv2d: sized by their parent's channel split
     for name, m in narrow.named_modules():
         div = lambda c, n=name: _divide(c, divisor, n)  # noqa: E731
-        if isinstance(m, nn.Conv2d):
+        if name in mixed:
+            continue
+        if isinstance(m, MixedConv2d):
+            _shrink_mixed(m, in_chans if name in first else div(m.in_channels), div(m.out_channels))
+            mixed.update(f'{name}.{k}' for k in m.keys())
+        elif isinstance(m, nn.Conv2d):
             _shrink_conv(m, in_chans if name in first else div(m.in_channels), div(m.out_channels))
         elif isinstance(m, nn.Linear):
             _shrink_linear(m, div(m.in_features), div(m.out_features))
