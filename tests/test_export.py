@@ -1,0 +1,49 @@
+"""Deployment paths on every registered model: torch.export, ONNX through ONNX Runtime, torch.compile.
+
+ONNX needs the [export] extra (onnx, onnxscript, onnxruntime), which .ci/run installs.
+"""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+
+import timm_wae  # noqa: F401  (registers the models)
+from timm_wae.export import export_onnx, export_program
+
+REGISTERED = sorted(set(timm.list_models(['wae_*', 'wae2_*'])))
+SIZE = (3, 64, 64)
+
+
+def test_every_registered_model_is_covered():
+    assert {'wae_vgg16', 'wae_resnet50', 'wae2_resnet18', 'wae2_mobilenetv3_large_100'} <= set(REGISTERED)
+
+
+@pytest.mark.parametrize('name', REGISTERED + ['wae'])
+def test_export_and_onnx_runtime_match_pytorch_at_any_batch(name, tmp_path):
+    torch.manual_seed(0)
+    kwargs = dict(backbone='regnetx_002', front_end='haar') if name == 'wae' else {}
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    x = torch.randn(3, *SIZE)  # a batch size the example input (2) did not have
+    with torch.no_grad():
+        reference = model(x)
+        torch.testing.assert_close(export_program(model, SIZE).module()(x), reference)
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / f'{name}.onnx', SIZE)),
+                                   providers=['CPUExecutionProvider'])
+    for batch in (1, 3):
+        out = session.run(['logits'], {'images': x[:batch].numpy()})[0]
+        np.testing.assert_allclose(out, reference[:batch].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_matches_eager():
+    model = timm.create_model('wae2_resnet18', num_classes=10).eval()
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_in_training_mode_is_refused(tmp_path):
+    model = timm.create_model('wae_resnet18', num_classes=10)
+    for export in (lambda: export_program(model, SIZE), lambda: export_onnx(model, tmp_path / 'm.onnx', SIZE)):
+        with pytest.raises(ValueError, match=r'training mode: call model.eval\(\)'):
+            export()
