@@ -47,3 +47,14 @@ def test_a_model_in_training_mode_is_refused(tmp_path):
     for export in (lambda: export_program(model, SIZE), lambda: export_onnx(model, tmp_path / 'm.onnx', SIZE)):
         with pytest.raises(ValueError, match=r'training mode: call model.eval\(\)'):
             export()
+
+
+def test_jit_trace_records_no_python_shape_checks(recwarn):
+    for kwargs in ({}, dict(front_end='wae2', ih_fusion='stem'), dict(front_end='dwt97'), dict(front_end='haar')):
+        model = timm_wae.WAEWrapper('resnet18', num_classes=3, **kwargs).eval()
+        traced = torch.jit.trace(model, torch.randn(2, *SIZE))
+        x = torch.randn(5, *SIZE)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), model(x))
+    tracer = [w for w in recwarn if issubclass(w.category, torch.jit.TracerWarning)]
+    assert not tracer, [str(w.message) for w in tracer]

@@ -25,6 +25,8 @@ def check_image(x: Tensor, in_chans: int, what: str = 'image batch') -> None:
     """
     if not torch.jit.is_scripting() and not isinstance(x, Tensor):
         raise TypeError(f'expected a torch.Tensor {what} [B, {in_chans}, H, W], got {type(x).__name__}')
+    if torch.jit.is_tracing():  # a trace records ops, not Python checks (they would warn and bake in constants)
+        return
     layout = what + ' [B, ' + str(in_chans) + ', H, W]'
     if x.dim() != 4:
         raise ValueError('expected a 4-D ' + layout + ', got a ' + str(x.dim()) + '-D tensor of shape '

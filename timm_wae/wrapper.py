@@ -353,7 +353,9 @@ class WAEWrapper(nn.Module):
 
     @staticmethod
     def _join(f_low: Tensor, f_high: Tensor) -> Tensor:
-        if f_high.shape[-2:] != f_low.shape[-2:]:
+        """concat(fL, fH), fH average-pooled to fL's size where they differ (always pooled in a
+        trace, where it is the identity for equal sizes: no Python branch on shapes)."""
+        if torch.jit.is_tracing() or f_high.shape[-2:] != f_low.shape[-2:]:
             f_high = F.adaptive_avg_pool2d(f_high, f_low.shape[-2:])
         return torch.cat([f_low, f_high], dim=1)
 
@@ -418,10 +420,7 @@ class WAEWrapper(nn.Module):
         f_low = self.backbone.forward_features(low)
         if self.ih_branch is None or high is None:
             return f_low
-        f_high = self.ih_branch.forward_features(self.norm_high(high))
-        if f_high.shape[-2:] != f_low.shape[-2:]:
-            f_high = F.adaptive_avg_pool2d(f_high, f_low.shape[-2:])
-        return torch.cat([f_low, f_high], dim=1)
+        return self._join(f_low, self.ih_branch.forward_features(self.norm_high(high)))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """concat(fL, fH), unpooled: [B, num_features, h, w]."""
