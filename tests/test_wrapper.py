@@ -306,7 +306,7 @@ def test_features_only_is_the_backbones_pyramid_at_half_resolution_with_ih_joine
 # ----------------------------------------------------------------------------- every timm CNN family
 WORKS = ['resnet26d', 'ghostnet_100', 'regnety_008', 'efficientnetv2_rw_t', 'mobilenetv4_conv_small', 'repvgg_a0',
          'tf_mobilenetv3_small_100', 'resnetv2_50', 'xception41', 'hrnet_w18_small', 'dla34', 'res2net50_26w_4s',
-         'fastvit_t8', 'edgenext_x_small', 'cspresnet50', 'cspresnext50', 'cspdarknet53', 'mixnet_s']
+         'fastvit_t8', 'edgenext_x_small', 'cspresnet50', 'cspresnext50', 'cspdarknet53', 'mixnet_s', 'inception_v3']
 REFUSED = {  # name -> what the ShrinkError must say
     'levit_128s': ['attention_biases', 'Token models'],
     'maxvit_tiny_tf_224': ['relative_position_bias_table', 'Token models'],
@@ -317,8 +317,9 @@ REFUSED = {  # name -> what the ShrinkError must say
 @pytest.mark.parametrize('name', WORKS)
 def test_every_cnn_family_gets_a_quarter_width_ih_branch(name):
     model = WAEWrapper(name, num_classes=10).eval()
+    size = 299 if name == 'inception_v3' else 128
     with torch.no_grad():
-        assert model(torch.randn(2, 3, 128, 128)).shape == (2, 10)
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 10)
     backbone_feature_params = _feature_params(model.backbone)
     assert _feature_params(model.ih_branch) < 0.15 * backbone_feature_params  # about 1/16 of the weights
 
