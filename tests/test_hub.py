@@ -259,3 +259,15 @@ def test_torchvision_weights_describe_themselves_as_data():
     assert weights.transforms().crop_size == [128]
     assert torchvision.models.get_weight('WAE_ResNet18_Weights.IMAGENETTE') is weights
     assert 'wae_vgg16' in torchvision.models.list_models()
+
+
+def test_import_builds_no_model():
+    """torchvision's num_params is counted when asked for, not at import (issue: import cost)."""
+    code = ("import timm.models, timm.models._builder as b\ncalls = []\norig = b.build_model_with_cfg\n"
+            "b.build_model_with_cfg = timm.models.build_model_with_cfg = "
+            "lambda *a, **k: calls.append(a[1]) or orig(*a, **k)\n"
+            "import timm_wae\nresult = dict(calls=calls)")
+    import json, subprocess, sys
+    out = subprocess.run([sys.executable, '-c', code + '\nprint(__import__("json").dumps(result))'],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {'calls': []}

@@ -45,6 +45,21 @@ def _num_params(model_name: str, num_classes: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class _Meta(dict):
+    """Weights metadata whose ``num_params`` is counted on first access: ``import timm_wae`` builds no
+    model (building every registered model per tag took most of the import's own time)."""
+
+    def __init__(self, model_name: str, num_classes: int, **items: Any):
+        super().__init__(**items)
+        self._count = (model_name, num_classes)
+
+    def __missing__(self, key: str) -> Any:
+        if key != 'num_params':
+            raise KeyError(key)
+        self[key] = _num_params(*self._count)
+        return self[key]
+
+
 def _weights(model_name: str, tag: str) -> Weights:
     cfg = get_pretrained_cfg(f'{model_name}.{tag}').to_dict()
     size = cfg['input_size'][-1]
@@ -53,16 +68,16 @@ def _weights(model_name: str, tag: str) -> Weights:
         transforms=partial(
             ImageClassification, crop_size=size, resize_size=int(round(size / cfg['crop_pct'])),
             mean=cfg['mean'], std=cfg['std'], interpolation=InterpolationMode(cfg['interpolation'])),
-        meta={
-            'categories': _CATEGORIES[tag],
-            'tag': tag,
-            'num_params': _num_params(model_name, cfg['num_classes']),
-            'hf_hub_id': cfg['hf_hub_id'],
-            'min_size': (size // 2, size // 2),
-            'recipe': 'recipes/README.md in the timm_wae repository',
-            '_metrics': {},  # filled in when measured weights are published (MODEL_CARD.md)
-            '_docs': f'{model_name} ({tag}) published by timm_wae; loaded through timm from the Hugging Face Hub.',
-        },
+        meta=_Meta(
+            model_name, cfg['num_classes'],
+            categories=_CATEGORIES[tag],
+            tag=tag,
+            hf_hub_id=cfg['hf_hub_id'],
+            min_size=(size // 2, size // 2),
+            recipe='recipes/README.md in the timm_wae repository',
+            _metrics={},  # filled in when measured weights are published (MODEL_CARD.md)
+            _docs=f'{model_name} ({tag}) published by timm_wae; loaded through timm from the Hugging Face Hub.',
+        ),
     )
 
 
