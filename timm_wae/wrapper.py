@@ -244,7 +244,7 @@ class WAEWrapper(nn.Module):
         self.head_hidden_size = backbone.head_hidden_size + (
             self.fusion_head.num_features if self.fusion_head is not None else 0)
 
-        self._feature_info: Optional[List[Dict[str, Any]]] = None  # made on first use (feature_info)
+        self._feature_info = None  # List[Dict] made on first use (feature_info)
         arch = _backbone_name(backbone)
         self.derived_cfg = self._derive_cfg(getattr(backbone, 'pretrained_cfg', {}))
         self.pretrained_cfg = dict(self.derived_cfg)
