@@ -426,3 +426,23 @@ def test_argument_errors_are_argparse_errors(capsys):
         cli.main(['bench', 'resnet18', '--batch-sizes', '0,x'])
     assert exc.value.code == 2
     assert '--batch-sizes' in capsys.readouterr().err
+
+
+def test_bench_times_deployed_forms_and_the_backbone_at_equal_macs(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert cli.main(['bench', 'wae2_resnet18', '--img-size', '64', '--batch-sizes', '2', '--threads', '1',
+                     '--repeats', '2', '--warmup', '1', '--paths', 'eager,onnx', '--same-macs', '-q',
+                     '--json', str(out)]) == 0
+    rows = {r['model']: r for r in json.loads(out.read_text())['results']}
+    # wae2_resnet18 costs what resnet18 costs at about 34 px: its same-MACs baseline is resnet18 at 32 px
+    assert set(rows) == {'wae2_resnet18', 'resnet18', 'resnet18 @32', 'wae2_resnet18 [onnx]', 'resnet18 [onnx]',
+                         'resnet18 @32 [onnx]'}
+    for form in ('', ' [onnx]'):
+        wae = rows[f'wae2_resnet18{form}']
+        assert wae['baseline'] == f'resnet18{form}' and wae['same_macs_baseline'] == f'resnet18 @32{form}'
+        assert wae['same_macs_speedup'] == pytest.approx(rows[f'resnet18 @32{form}']['median_ms'] / wae['median_ms'])
+        assert rows[f'resnet18 @32{form}']['img_size'] == 32
+    assert rows['wae2_resnet18 [onnx]']['gmacs'] == rows['wae2_resnet18']['gmacs'] > 0  # the model's, not ORT's 0
+    assert 'vs same MACs' in capsys.readouterr().out
+    assert cli.main(['bench', 'wae2_resnet18', '--paths', 'onnx', '--dtypes', 'bf16']) == 2
+    assert '--paths onnx times ONNX Runtime on the CPU in fp32' in capsys.readouterr().err

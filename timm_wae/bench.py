@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['BenchResult', 'benchmark', 'count_macs', 'format_table', 'results_as_dicts', 'trust_warnings']
+__all__ = ['BenchResult', 'benchmark', 'count_macs', 'format_table', 'results_as_dicts', 'trust_warnings',
+           'OnnxRuntimeModel', 'same_macs_size']
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -34,6 +35,8 @@ class BenchResult:
     img_size: Optional[int] = None   # input height (and width when square)
     threads: Optional[int] = None    # torch.get_num_threads() during the run (CPU)
     repeats: Optional[int] = None    # timed calls per model behind median and p90
+    same_macs_baseline: Optional[str] = None  # the baseline at the input size of this model's MACs
+    same_macs_speedup: Optional[float] = None
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int], device: str = 'cpu') -> float:
@@ -79,6 +82,8 @@ def benchmark(
         warmup: int = 3,
         repeats: int = 10,
         progress=None,
+        same_macs: Optional[Dict[str, str]] = None,
+        measure_as: Optional[Dict[str, str]] = None,
 ) -> List[BenchResult]:
     """Time every model at every setting; ``baselines`` maps a model to the one it is compared with.
 
@@ -86,15 +91,21 @@ def benchmark(
     that no model always runs right after the same neighbour (caches, clocks). ``speedup`` is the
     baseline's median over this model's median, both from the same interleaved loop. ``input_size``
     is one (C, H, W) for all models or one per model (each model at its own resolution, e.g. a
-    model trained at a lower resolution against a WAE model).
+    model trained at a lower resolution against a WAE model). ``same_macs`` maps a model to a
+    second baseline (its backbone at the input size of equal MACs); ``measure_as`` maps a deployed
+    form (compiled, ONNX Runtime) to the eager model whose parameters and MACs it has.
     """
+    same_macs, measure_as = same_macs or {}, measure_as or {}
     dev = torch.device(device)
     timer = _timer(dev)
     sizes = {n: tuple(input_size[n] if isinstance(input_size, dict) else input_size) for n in models}
     info = {}
     for name, model in models.items():
         model.eval().to(dev)
-        info[name] = (sum(p.numel() for p in model.parameters()) / 1e6, count_macs(model, sizes[name], device) / 1e9)
+        if name not in measure_as:
+            info[name] = (sum(p.numel() for p in model.parameters()) / 1e6,
+                          count_macs(model, sizes[name], device) / 1e9)
+    info.update({name: info[eager] for name, eager in measure_as.items()})
     results = []
     settings = [(b, d, cl) for d in dtypes for cl in channels_last for b in batch_sizes]
     for batch, dtype_name, cl in settings:
@@ -126,6 +137,8 @@ def benchmark(
                 batch_size=batch, median_ms=medians[name], p90_ms=_percentile(times[name], 0.9),
                 img_per_s=batch * 1e3 / medians[name], params_m=info[name][0], gmacs=info[name][1],
                 speedup=medians[base] / medians[name] if base in medians else None,
+                same_macs_baseline=same_macs.get(name),
+                same_macs_speedup=medians[same_macs[name]] / medians[name] if name in same_macs else None,
                 img_size=int(sizes[name][-2]), threads=torch.get_num_threads() if dev.type == 'cpu' else None,
                 repeats=repeats,
             ))
@@ -151,19 +164,44 @@ def trust_warnings(results: List[BenchResult], load: Optional[float] = None, cor
 
 
 def format_table(results: List[BenchResult]) -> str:
-    """A Markdown table, one row per model and setting."""
+    """A Markdown table, one row per model and setting (the same-MACs columns when measured)."""
+    macs = any(r.same_macs_baseline for r in results)
     head = ('| model | vs | device | dtype | ch_last | size | batch | median ms | p90 ms | img/s | params M '
-            '| GMAC | speed-up |')
-    lines = [head, '|' + '---|' * 13]
+            '| GMAC | speed-up |' + (' vs same MACs | speed-up |' if macs else ''))
+    lines = [head, '|' + '---|' * (15 if macs else 13)]
     for r in results:
         speed = f'{r.speedup:.2f}x' if r.speedup is not None else ''
-        lines.append(
-            f'| {r.model} | {r.baseline or ""} | {r.device} | {r.dtype} | {"yes" if r.channels_last else "no"} '
-            f'| {r.img_size} | {r.batch_size} | {r.median_ms:.1f} | {r.p90_ms:.1f} | {r.img_per_s:.1f} | {r.params_m:.1f} '
-            f'| {r.gmacs:.2f} | {speed} |')
+        line = (f'| {r.model} | {r.baseline or ""} | {r.device} | {r.dtype} | {"yes" if r.channels_last else "no"} '
+                f'| {r.img_size} | {r.batch_size} | {r.median_ms:.1f} | {r.p90_ms:.1f} | {r.img_per_s:.1f} '
+                f'| {r.params_m:.1f} | {r.gmacs:.2f} | {speed} |')
+        if macs:
+            same = f'{r.same_macs_speedup:.2f}x' if r.same_macs_speedup is not None else ''
+            line += f' {r.same_macs_baseline or ""} | {same} |'
+        lines.append(line)
     return '\n'.join(lines)
 
 
 def results_as_dicts(results: List[BenchResult]) -> List[dict]:
     """The results as plain dicts (JSON-ready)."""
     return [asdict(r) for r in results]
+
+
+class OnnxRuntimeModel(nn.Module):
+    """An ONNX Runtime session behind a module's call, so the bench times it beside the eager models."""
+
+    def __init__(self, path: str, threads: int):
+        super().__init__()
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.contiguous().numpy()})[0])
+
+
+def same_macs_size(wae_macs: float, backbone_macs: float, img_size: int, multiple: int = 16) -> int:
+    """The input side at which the backbone costs what the WAE model costs at ``img_size`` (MACs grow
+    with the pixel count), rounded to a multiple of ``multiple``."""
+    return max(multiple, multiple * round(img_size * (wae_macs / backbone_macs) ** 0.5 / multiple))

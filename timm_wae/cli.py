@@ -245,6 +245,50 @@ def _environment() -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- bench
+def _deployed_forms(args: argparse.Namespace, models: Dict[str, Any], baselines: Dict[str, Optional[str]],
+                    input_size: Any):
+    """Add the comparisons beyond eager: each WAE model's backbone at the input size of equal MACs
+    (--same-macs) and each model's compiled / ONNX Runtime form (--paths), every form compared with
+    its backbone in the same form. Returns (sizes by model, same-MACs map, measure-as map, temp dir)."""
+    import tempfile
+
+    import timm
+    import torch
+
+    from .bench import OnnxRuntimeModel, count_macs, same_macs_size
+    sizes = dict(input_size) if isinstance(input_size, dict) else {n: tuple(input_size) for n in models}
+    same_macs: Dict[str, str] = {}
+    if args.same_macs:
+        for spec, arch in list(baselines.items()):
+            if arch is None:
+                continue
+            size = sizes[spec]
+            side = same_macs_size(count_macs(models[spec].eval(), size), count_macs(models[arch].eval(), sizes[arch]),
+                                  size[-1])
+            key = f'{arch} @{side}'
+            if key not in models:
+                models[key], sizes[key], baselines[key] = \
+                    timm.create_model(arch, num_classes=models[spec].num_classes), (size[0], side, side), None
+            same_macs[spec] = key
+    tmp = tempfile.TemporaryDirectory(prefix='timm_wae_bench_')
+    measure_as: Dict[str, str] = {}
+    eager = list(models)
+    for path in [p for p in args.paths if p != 'eager']:
+        for name in eager:
+            variant = f'{name} [{path}]'
+            if path == 'compile':
+                models[variant] = torch.compile(models[name].eval())
+            else:
+                from .export import export_onnx
+                onnx_file = export_onnx(models[name].eval(), Path(tmp.name) / f'{len(measure_as)}.onnx', sizes[name])
+                models[variant] = OnnxRuntimeModel(str(onnx_file), torch.get_num_threads())
+            sizes[variant], measure_as[variant] = sizes[name], name
+            baselines[variant] = f'{baselines[name]} [{path}]' if baselines.get(name) else None
+            if name in same_macs:
+                same_macs[variant] = f'{same_macs[name]} [{path}]'
+    return sizes, same_macs, measure_as, tmp
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import timm
     import torch
@@ -257,6 +301,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         devices = list(dict.fromkeys(_device(d.strip()) for d in args.device.split(',') if d.strip()))
     _check_out_parent(args.json)
+    if 'onnx' in args.paths:
+        if args.dtypes != ['fp32'] or args.channels_last != 'off' or devices != ['cpu']:
+            raise CLIError('--paths onnx times ONNX Runtime on the CPU in fp32: use it with --device cpu, '
+                           '--dtypes fp32 and --channels-last off')
+        import importlib.util
+        if importlib.util.find_spec('onnxruntime') is None or importlib.util.find_spec('onnxscript') is None:
+            raise CLIError('--paths onnx needs the [export] extra: pip install "timm_wae[export]"')
     specs = list(dict.fromkeys(args.models))
     for spec in specs:
         check_model_spec(spec)  # every name before building any model
@@ -289,7 +340,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         input_size = tuple(timm.data.resolve_model_data_config(models[specs[0]])['input_size'])
     channels_last = {'off': [False], 'on': [True], 'both': [False, True]}[args.channels_last]
-    shown = 'each model\'s own size' if isinstance(input_size, dict) else tuple(input_size)
+    input_size, same_macs, measure_as, tmp = _deployed_forms(args, models, baselines, input_size)
+    shown = 'each model\'s own size' if len(set(input_size.values())) > 1 else next(iter(input_size.values()))
     print(f'benchmarking {", ".join(models)} at input {shown} on {", ".join(devices)}; '
           f'{torch.get_num_threads()} CPU threads', file=sys.stderr)
 
@@ -301,7 +353,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             results += benchmark(
                 models, baselines, input_size, batch_sizes=args.batch_sizes, dtypes=args.dtypes,
                 channels_last=channels_last, device=device, warmup=args.warmup, repeats=args.repeats,
-                progress=lambda: bar.update(1))
+                progress=lambda: bar.update(1), same_macs=same_macs, measure_as=measure_as)
+    tmp.cleanup()
     _report(format_table(results), args.json)
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
     untrusted = trust_warnings(results, load, os.cpu_count())
@@ -311,8 +364,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _write_json(args.json, {
         'command': 'bench',
         'settings': {'models': specs, 'baselines': baselines,
-                     'input_size': {k: list(v) for k, v in input_size.items()} if isinstance(input_size, dict)
-                     else list(input_size),
+                     'input_size': {k: list(v) for k, v in input_size.items()}, 'paths': args.paths,
+                     'same_macs': same_macs,
                      'batch_sizes': args.batch_sizes, 'dtypes': args.dtypes, 'channels_last': args.channels_last,
                      'devices': devices, 'threads': torch.get_num_threads(), 'warmup': args.warmup,
                      'repeats': args.repeats, 'pretrained': args.pretrained},
@@ -535,6 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size (default: the first model's data config); 'native': each model at its own "
                         "data config's size (a WAE model's backbone at the WAE model's)"),
     p.add_argument('--repeats', type=_positive_int, default=10, help='timed calls per model and setting (10)')
+    p.add_argument('--paths', type=_str_list(('eager', 'compile', 'onnx')), default=['eager'], metavar='P,..',
+                   help='deployment forms, each timed beside its backbone in the same form: eager, compile '
+                        '(torch.compile), onnx (ONNX Runtime, the [export] extra); default: eager')
+    p.add_argument('--same-macs', action='store_true',
+                   help="also time each WAE model's backbone at the input size of equal MACs (e.g. resnet50 @128 "
+                        "for wae_resnet50 at 224) and report that speed-up")
     p.add_argument('--warmup', type=_non_negative_int, default=3, help='untimed calls first (3)')
     p.add_argument('--pretrained', action='store_true', help='load weights (not needed for timing)')
     p.add_argument('--json', metavar='FILE', help="write the results as JSON ('-' for stdout)")
