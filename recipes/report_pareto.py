@@ -105,8 +105,8 @@ def plot(rows: List[Dict], path: Path, title: str) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for ax, key, label in ((axes[0], 'ms_b8', 'latency, batch 8 (ms, CPU fp32, 2 threads)'),
-                           (axes[1], 'gmac', 'GMAC per image')):
+    for ax, key, xlabel in ((axes[0], 'ms_b8', 'latency, batch 8 (ms, CPU fp32, 2 threads)'),
+                            (axes[1], 'gmac', 'GMAC per image')):
         for backbone, study, kind in sorted({(r['backbone'], r['study'], r['kind']) for r in rows}):
             pts = sorted((r for r in rows if (r['backbone'], r['study'], r['kind']) == (backbone, study, kind)),
                          key=lambda r: r[key])
@@ -117,7 +117,7 @@ def plot(rows: List[Dict], path: Path, title: str) -> None:
                         linestyle='-' if kind == 'lowres' else ':')
             for p in pts:
                 ax.annotate(p['row'], (p[key], p['top1_err']), fontsize=7, xytext=(4, 3), textcoords='offset points')
-        ax.set_xlabel(label)
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel('top-1 error % (all 3,925 val images)')
     axes[0].legend()
