@@ -527,7 +527,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if bad:
         raise CLIError(f'expected key=value overrides after CONFIG, got {bad}')
     if importlib.util.find_spec('accelerate') is None:
-        raise CLIError('accelerate is not installed (pip install accelerate); it launches recipes/train.py')
+        raise CLIError('accelerate is not installed: pip install "timm_wae[train]" (accelerate launches recipes/train.py)')
     spec = importlib.util.spec_from_file_location('timm_wae_recipe', recipes / 'train.py')
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
