@@ -112,6 +112,7 @@ def test_help_lists_every_command_with_examples(capsys):
 
 
 # ------------------------------------------------------------------------------------------- bench
+@pytest.mark.slow
 def test_bench_speedup_comes_from_the_two_medians(tmp_path):
     out = tmp_path / 'bench.json'
     proc = ok(run_cli('bench', 'wae_resnet18', 'resnet18', '--img-size', 64, '--batch-sizes', '1,2',
@@ -158,6 +159,7 @@ def test_trust_warnings_name_a_spread_or_a_busy_machine():
 
 
 # ------------------------------------------------------------------------------------------- eval
+@pytest.mark.slow
 def test_eval_noise_levels_on_baselines(data, models, tmp_path):
     out = tmp_path / 'eval.json'
     specs = ['resnet18', 'wae_resnet18', models / 'wae_dwt', models / 'wae_resize']
@@ -200,6 +202,7 @@ def test_eval_constant_classifier_gives_exact_errors(data, models, tmp_path):
     assert res['wrong']['top1_err'] == 100.0
 
 
+@pytest.mark.slow
 def test_eval_maps_wordnet_folders_to_imagenet_indices(tmp_path):
     """Imagenette-style folders (WordNet ids) are scored against an ImageNet model's own indices."""
     from timm.data import ImageNetInfo
@@ -286,6 +289,7 @@ def test_eval_transform_gives_floats_in_unit_range(data):
 
 
 # ------------------------------------------------------------------------------------------- visualize
+@pytest.mark.slow
 def test_visualize_writes_pngs_with_energy_and_psnr(data, tmp_path):
     images = [data / 'split' / 'ant' / 'img0.jpg', data / 'split' / 'bee' / 'img1.jpg']
     out = tmp_path / 'figs'
@@ -300,6 +304,7 @@ def test_visualize_writes_pngs_with_energy_and_psnr(data, tmp_path):
         assert math.isfinite(r['psnr_db'])
 
 
+@pytest.mark.slow
 def test_visualize_dwt_front_end_reconstructs_exactly_in_one_grid(data, models, tmp_path):
     """The 'dwt97' front end's IL/IH are the 9/7 DWT of the same input and its inverse is exact, so the
     figure's PSNR must be very high and the IH energy share equal to --compare's DWT detail share."""
@@ -317,17 +322,17 @@ def test_visualize_dwt_front_end_reconstructs_exactly_in_one_grid(data, models, 
 
 
 # ------------------------------------------------------------------------------------------- push / train
-def test_push_uploads_a_folder_to_a_hub(models, tmp_path):
-    from hub_server import HubServer
-    with HubServer(tmp_path / 'hub') as hub:
-        proc = ok(run_cli('push', models / 'const0', 'testorg/const0', '--message', 'first upload',
-                          env={'HF_ENDPOINT': hub.url, 'HF_HUB_OFFLINE': '0', 'HF_HOME': str(tmp_path / 'hf'),
-                               'HF_TOKEN': 'hf_dummy', 'HF_HUB_DISABLE_XET': '1'}))
-        stored = hub.repo_dir('testorg/const0')
-        assert (stored / 'model.safetensors').read_bytes() == (models / 'const0' / 'model.safetensors').read_bytes()
-        assert 'testorg/const0' in proc.stdout
+@pytest.mark.slow
+def test_push_uploads_a_folder_to_a_hub(models, tmp_path, hub_server):
+    proc = ok(run_cli('push', models / 'const0', 'testorg/const0', '--message', 'first upload',
+                      env={'HF_ENDPOINT': hub_server.url, 'HF_HUB_OFFLINE': '0', 'HF_HOME': str(tmp_path / 'hf'),
+                           'HF_TOKEN': 'hf_dummy', 'HF_HUB_DISABLE_XET': '1'}))
+    stored = hub_server.repo_dir('testorg/const0')
+    assert (stored / 'model.safetensors').read_bytes() == (models / 'const0' / 'model.safetensors').read_bytes()
+    assert 'testorg/const0' in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_launches_the_recipe_through_accelerate(tmp_path):
     recipes = tmp_path / 'recipes'
     (recipes / 'configs').mkdir(parents=True)
@@ -342,6 +347,7 @@ def test_train_launches_the_recipe_through_accelerate(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- user errors
+@pytest.mark.slow
 @pytest.mark.parametrize('case', ['missing_root', 'unknown_model', 'unreadable_image', 'train_missing_root'])
 def test_user_errors_exit_2_without_traceback_as_a_process(case, data, tmp_path):
     args, expected = {
@@ -428,6 +434,7 @@ def test_argument_errors_are_argparse_errors(capsys):
     assert '--batch-sizes' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_times_deployed_forms_and_the_backbone_at_equal_macs(tmp_path, capsys):
     out = tmp_path / 'bench.json'
     assert cli.main(['bench', 'wae2_resnet18', '--img-size', '64', '--batch-sizes', '2', '--threads', '1',

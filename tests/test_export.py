@@ -3,13 +3,14 @@
 ONNX needs the [export] extra (onnx, onnxscript, onnxruntime), which .ci/run installs.
 """
 import numpy as np
-import onnxruntime as ort
 import pytest
 import timm
 import torch
 
 import timm_wae  # noqa: F401  (registers the models)
 from timm_wae.export import export_onnx, export_program
+
+pytestmark = pytest.mark.slow  # the slow tier: pytest -m slow
 
 REGISTERED = sorted(set(timm.list_models(['wae_*', 'wae2_*'])))
 SIZE = (3, 64, 64)
@@ -28,6 +29,7 @@ def test_export_and_onnx_runtime_match_pytorch_at_any_batch(name, tmp_path):
     with torch.no_grad():
         reference = model(x)
         torch.testing.assert_close(export_program(model, SIZE).module()(x), reference)
+    import onnxruntime as ort  # the [export] extra; imported here so the fast tier collects without it
     session = ort.InferenceSession(str(export_onnx(model, tmp_path / f'{name}.onnx', SIZE)),
                                    providers=['CPUExecutionProvider'])
     for batch in (1, 3):

@@ -94,6 +94,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_push_then_download_through_timm_hf_hub_torchvision_and_torch_hub_then_cache(tmp_path):
     hf_home = tmp_path / 'hf'
     with HubServer(tmp_path / 'hub') as server:
@@ -114,6 +115,7 @@ def test_push_then_download_through_timm_hf_hub_torchvision_and_torch_hub_then_c
     assert cached['out'] == res['reference'] and cached['seconds'] < 5
 
 
+@pytest.mark.slow
 def test_unreachable_hub_says_so_and_how_to_use_a_local_file(tmp_path):
     env = client_env(tmp_path / 'empty-cache', f'http://127.0.0.1:{_free_port()}')
     env['HF_HUB_ETAG_TIMEOUT'] = env['HF_HUB_DOWNLOAD_TIMEOUT'] = '2'
@@ -261,6 +263,7 @@ def test_torchvision_weights_describe_themselves_as_data():
     assert 'wae_vgg16' in torchvision.models.list_models()
 
 
+@pytest.mark.slow
 def test_import_builds_no_model():
     """torchvision's num_params is counted when asked for, not at import (issue: import cost)."""
     code = ("import timm.models, timm.models._builder as b\ncalls = []\norig = b.build_model_with_cfg\n"

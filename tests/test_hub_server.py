@@ -16,6 +16,8 @@ import pytest
 
 from hub_server import HubServer, client_env, run_client
 
+pytestmark = pytest.mark.slow  # the slow tier: pytest -m slow
+
 REPO_ID = "testorg/demo"
 BINARY = bytes(range(256)) * 7 + b"\x00\xff end"  # not valid UTF-8, so it must survive base64 intact
 README = "---\nlicense: apache-2.0\ntags:\n- test\n---\n# demo\n"

@@ -23,6 +23,8 @@ from safetensors.torch import load_file
 
 from hub_server import HubServer, client_env
 
+pytestmark = pytest.mark.slow  # the slow tier: pytest -m slow
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / 'recipes' / 'train.py'
 CONFIGS = REPO / 'recipes' / 'configs'
