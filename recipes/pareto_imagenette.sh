@@ -30,9 +30,9 @@ ft_wae2_stem_s0 wae2_stem seed=0 $CONVERT model.backbone_from=$OUT/lowres128_s0/
 ft_lowres64_s0 full_resolution seed=0 data.img_size=64 $CONVERT init_from=$OUT/lowres128_s0/stage2/model
 ft_lowres80_s0 full_resolution seed=0 data.img_size=80 $CONVERT init_from=$OUT/lowres128_s0/stage2/model
 ft_lowres96_s0 full_resolution seed=0 data.img_size=96 $CONVERT init_from=$OUT/lowres128_s0/stage2/model
+dwt97_s0 wavelet_cnn seed=0
 wae2_s0 wae2 seed=0
 lowres112_s0 full_resolution seed=0 data.img_size=112
-dwt97_s0 wavelet_cnn seed=0
 wae2_stem_s1 wae2_stem seed=1
 lowres80_s1 full_resolution seed=1 data.img_size=80
 lowres96_s1 full_resolution seed=1 data.img_size=96
