@@ -48,8 +48,8 @@ def interpolate(curve: Sequence[tuple], x: float) -> Optional[float]:
 def collect(runs: Path) -> List[Dict]:
     measure = runs / 'measure'
     bench = json.loads((measure / 'bench.json').read_text())
-    timing = {(Path(r['model']).parts[-3], r['batch_size']): r for r in bench['results']
-              if r['dtype'] == 'fp32' and not r['channels_last']}
+    timing = {(Path(r['model']).parts[-3], r['batch_size']): r for r in bench['results']  # run folder's name
+              if r['dtype'] == 'fp32' and not r['channels_last'] and len(Path(r['model']).parts) >= 3}
     groups: Dict[str, List[str]] = {}
     for f in sorted(measure.glob('eval_*.json')):
         run = f.stem[len('eval_'):]
