@@ -64,9 +64,9 @@ set -e
 M=$OUT/measure VAL=${VAL:-../shared/data/imagenette160/val}
 mkdir -p "$M"
 BENCH=()
-for run in "$OUT"/*/; do
+for run in "$OUT"/*_s*/; do
   name=$(basename "$run")
-  model=$(ls -d "$run"stage*/model 2>/dev/null | sort | tail -1)  # the last stage's model
+  model=$(ls -d "$run"stage*/model 2>/dev/null | sort | tail -1 || true)  # the last stage's model
   [ -n "$model" ] && [ -f "$run$(basename "$(dirname "$model")")/done.json" ] || { echo "skip $name: not finished"; continue; }
   [ -f "$M/eval_$name.json" ] || timm-wae eval "$model" --data "$VAL" --threads 2 --json "$M/eval_$name.json"
   case $name in *_s0) BENCH+=("$model");; esac  # seed 0 stands for its architecture in the timing

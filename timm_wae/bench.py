@@ -157,7 +157,7 @@ def trust_warnings(results: List[BenchResult], load: Optional[float] = None, cor
                    f'({worst.model}, batch {worst.batch_size}); the machine was busy or throttling')
     if load is not None and cores:
         threads = max((r.threads or 1) for r in results) if results else 1
-        if load > max(cores - threads, 0) + 0.5:
+        if load > max(cores - threads, 0) + 1.0:  # more than one other busy process
             out.append(f'load average {load:.1f} on {cores} cores while timing with {threads} thread(s): other '
                        f'processes shared the CPU')
     return out

@@ -345,6 +345,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f'benchmarking {", ".join(models)} at input {shown} on {", ".join(devices)}; '
           f'{torch.get_num_threads()} CPU threads', file=sys.stderr)
 
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None  # before timing: not our own threads
     results = []
     for device in devices:
         total = len(args.batch_sizes) * len(args.dtypes) * len(channels_last) * args.repeats
@@ -356,7 +357,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 progress=lambda: bar.update(1), same_macs=same_macs, measure_as=measure_as)
     tmp.cleanup()
     _report(format_table(results), args.json)
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
     untrusted = trust_warnings(results, load, os.cpu_count())
     for w in untrusted:
         print(f'warning: {w}: the speed-up ratios of this run cannot be trusted; run again on an idle machine',
