@@ -26,13 +26,17 @@ class Encoder(nn.Module):
         return self.inner(x)[0]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def timing_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every timing script here shares (recipes/profile_parts.py too)."""
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--batch-sizes', default='1,8')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--repeats', type=int, default=15)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = timing_arguments(argparse.ArgumentParser(description=__doc__.split('\n\n')[0])).parse_args()
     torch.set_num_threads(args.threads)
     models = {f'{name} front end': Encoder(name) for name in ('wae', 'wae2', 'dwt97', 'haar', 'resize')}
     baselines = {n: 'wae front end' for n in models if n != 'wae front end'}

@@ -17,21 +17,22 @@ import torch
 import timm_wae  # noqa: F401  (registers the models)
 from timm_wae.bench import count_macs
 
+from bench_front_ends import timing_arguments  # the script's own folder is on sys.path
+
 
 def parts(model, x: torch.Tensor) -> Dict[str, Tuple[Callable[[], torch.Tensor], float]]:
     """name -> (a call running that part on its recorded input, its MACs per image)."""
     low, high = model.decompose(x)
-    n_low, n_high = model.norm_low(low), (model.norm_high(high) if high is not None else None)
+    feed, n_high = model.network_inputs(low, high)
     stem = model.ih_into_stem and high is not None
-    feed = torch.cat([n_low, n_high], 1) if stem else n_low
     f_low = model.backbone.forward_features(feed)
     calls = {
         'front end': lambda: model.decompose(x),
-        'standardise': lambda: (model.norm_low(low), model.norm_high(high) if high is not None else None),
+        'standardise': lambda: model.network_inputs(low, high),
         'backbone (IL' + (' + IH at the stem)' if stem else ')'): lambda: model.backbone.forward_features(feed),
     }
     features = f_low
-    if model.ih_branch is not None and high is not None:
+    if n_high is not None:
         calls['IH branch'] = lambda: model.ih_branch.forward_features(n_high)
         features = model._join(f_low, model.ih_branch.forward_features(n_high))
     calls['heads'] = lambda: model.forward_head(features)
@@ -66,11 +67,7 @@ def timed(calls: Dict[str, Callable], repeats: int) -> Dict[str, List[float]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('models', nargs='+')
-    p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--batch-sizes', default='1,8')
-    p.add_argument('--threads', type=int, default=2)
-    p.add_argument('--repeats', type=int, default=15)
-    args = p.parse_args()
+    args = timing_arguments(p).parse_args()
     torch.set_num_threads(args.threads)
     print('| model | batch | part | median ms | share of the parts | GMAC |')
     print('|---|---|---|---|---|---|')

@@ -370,16 +370,13 @@ class WAEWrapper(nn.Module):
             intermediates_only: bool = False,
     ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
         """timm's contract: the pyramid maps at ``indices`` (and the final features), IL and IH joined."""
-        low, high = self.decompose(x)
-        low = self.norm_low(low)
-        if high is not None and self.ih_into_stem:
-            low, high = torch.cat([low, self.norm_high(high)], dim=1), None
+        feed, high = self.network_inputs(*self.decompose(x))
         kw = dict(indices=indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
                   intermediates_only=intermediates_only)
-        out_low = self.backbone.forward_intermediates(low, **kw)
+        out_low = self.backbone.forward_intermediates(feed, **kw)
         if self.ih_branch is None or high is None:
             return out_low
-        out_high = self.ih_branch.forward_intermediates(self.norm_high(high), **kw)
+        out_high = self.ih_branch.forward_intermediates(high, **kw)
         if intermediates_only:
             return [self._join(a, b) for a, b in zip(out_low, out_high)]
         return self._join(out_low[0], out_high[0]), [self._join(a, b) for a, b in zip(out_low[1], out_high[1])]
@@ -413,14 +410,23 @@ class WAEWrapper(nn.Module):
             raise TypeError(f'the images are {x.dtype} but the model\'s weights are {weight.dtype}: cast the images '
                             f'(x.to({weight.dtype})) or the model (model.to({x.dtype}))')
 
-    def _features(self, low: Tensor, high: Optional[Tensor]) -> Tensor:
+    def network_inputs(self, low: Tensor, high: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """(the backbone's input, the IH branch's input or None): standardised IL and IH, with IH
+        joined to IL's channels under ``ih_fusion='stem'``."""
         low = self.norm_low(low)
-        if high is not None and self.ih_into_stem:
-            return self.backbone.forward_features(torch.cat([low, self.norm_high(high)], dim=1))
-        f_low = self.backbone.forward_features(low)
+        if high is None or (self.ih_branch is None and not self.ih_into_stem):
+            return low, None
+        high = self.norm_high(high)
+        if self.ih_into_stem:
+            return torch.cat([low, high], dim=1), None
+        return low, high
+
+    def _features(self, low: Tensor, high: Optional[Tensor]) -> Tensor:
+        feed, high = self.network_inputs(low, high)
+        f_low = self.backbone.forward_features(feed)
         if self.ih_branch is None or high is None:
             return f_low
-        return self._join(f_low, self.ih_branch.forward_features(self.norm_high(high)))
+        return self._join(f_low, self.ih_branch.forward_features(high))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """concat(fL, fH), unpooled: [B, num_features, h, w]."""
