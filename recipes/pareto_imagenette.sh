@@ -34,13 +34,13 @@ dwt97_s0 wavelet_cnn seed=0
 wae2_stem_s1 wae2_stem seed=1
 lowres64_s1 full_resolution seed=1 data.img_size=64
 lowres80_s1 full_resolution seed=1 data.img_size=80
-wae2_s0 wae2 seed=0
-haar_s1 wavelet_cnn seed=1 model.front_end=haar
-dwt97_s1 wavelet_cnn seed=1
-lowres112_s0 full_resolution seed=0 data.img_size=112
 lowres96_s1 full_resolution seed=1 data.img_size=96
 mnv3_lowres128_s0 full_resolution seed=0 data.img_size=128 model.backbone=mobilenetv3_large_100
 mnv3_wae2_stem_s0 wae2_stem seed=0 model.backbone=mobilenetv3_large_100
+haar_s1 wavelet_cnn seed=1 model.front_end=haar
+dwt97_s1 wavelet_cnn seed=1
+wae2_s0 wae2 seed=0
+lowres112_s0 full_resolution seed=0 data.img_size=112
 wae_s0 wae seed=0
 lowres128_s1 full_resolution seed=1 data.img_size=128
 ft_wae2_s0 wae2 seed=0 $CONVERT model.backbone_from=$OUT/lowres128_s0/stage2/model
