@@ -1,4 +1,4 @@
-"""The ``timm-wae`` console command, run as a real process (``python -m timm_wae.cli``) on tiny
+"""The ``timm-wae`` console command, run as a real process (``python -m timm_wae_cli``) on tiny
 models and a tiny generated ImageFolder; the noise pipeline of ``timm_wae.evaluate`` and the user
 error matrix are also checked in-process (``cli.main(argv)``), which is the same code minus the
 interpreter start-up."""
@@ -18,7 +18,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 import timm_wae  # noqa: F401  (registers wae_*)
-from timm_wae import cli
+import timm_wae_cli as cli
 from timm_wae.evaluate import eval_transform, evaluate
 
 CLASSES = ('ant', 'bee', 'cat')
@@ -31,7 +31,7 @@ def run_cli(*args, env=None, timeout=180):
     # one thread: tiny models gain nothing from two, and OpenMP threads spin badly on a busy machine
     full_env.update(HF_HUB_OFFLINE='1', HF_HUB_DISABLE_PROGRESS_BARS='1', TQDM_DISABLE='1', OMP_NUM_THREADS='1')
     full_env.update(env or {})
-    return subprocess.run([sys.executable, '-m', 'timm_wae.cli', *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, '-m', 'timm_wae_cli', *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=full_env)
 
 
@@ -109,6 +109,23 @@ def test_help_lists_every_command_with_examples(capsys):
         assert command in out
         assert f'timm-wae {command} ' in out, f'no example for {command}'
     assert 'examples:' in out
+
+
+@pytest.mark.parametrize('argv', [['--help'], ['--version'], ['eval', '--help'], ['bench', 'x', '--batch-sizes', '0'],
+                                  ['frobnicate']])
+def test_help_version_and_argument_errors_do_not_import_torch(argv):
+    """The light door: the parser answers before anything imports torch (or timm_wae)."""
+    code = ('import sys, timm_wae_cli\n'
+            'try:\n    timm_wae_cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n'
+            "print(sorted(m for m in ('torch', 'timm', 'timm_wae') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, '-c', code, *argv], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == '[]', proc.stdout + proc.stderr
+
+
+def test_version_is_the_package_version(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(['--version'])
+    assert capsys.readouterr().out.strip() == f'timm-wae {timm_wae.__version__}'
 
 
 # ------------------------------------------------------------------------------------------- bench

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ['LabelMappingError', 'UnreadableImageError', 'format_rows', 'read_image', 'eval_transform', 'to_unit_range', 'evaluate', 'label_mapping', 'gaussian_noise']
+__all__ = ['LabelMappingError', 'UnreadableImageError', 'format_rows', 'read_image', 'eval_transform', 'to_unit_range', 'eval_folder', 'evaluate', 'label_mapping', 'gaussian_noise']
 
 
 class LabelMappingError(ValueError):
@@ -78,17 +78,27 @@ def gaussian_noise(shape: Sequence[int], seed: int, index: int) -> Tensor:
 
 
 class _Indexed(Dataset):
-    """(image, target, index): the index seeds the image's noise."""
+    """(transformed image, target, index): the index seeds the image's noise. The transform is applied
+    here, so that one scanned folder serves models with different eval transforms."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, transform: Callable):
+        self.dataset, self.transform = dataset, transform
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
         img, target = self.dataset[i]
-        return img, target, i
+        return self.transform(img), target, i
+
+
+def eval_folder(root: Union[str, Path]):
+    """The ImageFolder at ``root``, checked once (``timm_wae.data.check_image_folder``); pass it to
+    :func:`evaluate` for several models instead of the path."""
+    from torchvision.datasets import ImageFolder
+
+    from .data import check_image_folder
+    return ImageFolder(str(check_image_folder(root)), loader=read_image)
 
 
 def _imagenet_synsets(model: nn.Module) -> Optional[List[str]]:
@@ -137,7 +147,7 @@ def label_mapping(classes: Sequence[str], model: nn.Module) -> Tuple[Optional[Li
 
 def evaluate(
         model: nn.Module,
-        root: Union[str, Path],
+        data: Union[str, Path, Dataset],
         noise: Sequence[float] = (0.,),
         seed: int = 0,
         clamp: bool = True,
@@ -150,11 +160,11 @@ def evaluate(
         progress: bool = True,
         model_name: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
-    """Top-1 and top-k error (%) of ``model`` on the ImageFolder at ``root``, one row per noise variance.
+    """Top-1 and top-k error (%) of ``model`` on an ImageFolder split, one row per noise variance.
 
     Args:
         model: any classifier returning logits [B, num_classes] (timm model, WAEWrapper, ...).
-        root: ``root/<class>/<image>``; checked with ``timm_wae.data.check_image_folder``.
+        data: ``root/<class>/<image>`` (a path, checked by :func:`eval_folder`) or an :func:`eval_folder`.
         noise: variances V of zero-mean Gaussian noise on the [0, 1] image (0 = clean).
         seed: seeds the noise (see the module docstring: per image, independent of batching).
         clamp: clamp the noisy image to [0, 1] before normalising.
@@ -170,9 +180,8 @@ def evaluate(
         cannot read.
     """
     import timm.data
-    from torchvision.datasets import ImageFolder
 
-    from .data import check_image_folder, per_class_subset
+    from .data import per_class_subset
 
     levels = [float(v) for v in noise]
     bad = [v for v in levels if not math.isfinite(v) or v < 0]
@@ -189,7 +198,7 @@ def evaluate(
     if img_size:
         data_config['input_size'] = (data_config['input_size'][0], int(img_size), int(img_size))
     transform = eval_transform(data_config)
-    folder = ImageFolder(str(check_image_folder(root)), transform=transform, loader=read_image)
+    folder = data if isinstance(data, Dataset) else eval_folder(data)
     dataset = per_class_subset(folder, max_per_class)
     mapping, label_map = label_mapping(folder.classes, model)
     mapping = torch.tensor(mapping) if mapping is not None else None
@@ -198,7 +207,7 @@ def evaluate(
     k = max(1, min(5, num_classes)) if num_classes else 5
     mean = torch.tensor(data_config['mean'], device=dev).view(1, -1, 1, 1)
     std = torch.tensor(data_config['std'], device=dev).view(1, -1, 1, 1)
-    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
+    loader = DataLoader(_Indexed(dataset, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=dev.type == 'cuda', persistent_workers=False)
     correct1 = [0] * len(levels)
     correctk = [0] * len(levels)
@@ -241,7 +250,7 @@ def evaluate(
     for j, var in enumerate(levels):
         row = {
             'model': model_name or getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__),
-            'data': str(root),
+            'data': str(folder.root),
             'noise_var': var,
             'noise_std': math.sqrt(var),
             'top1_err': 100.0 * (1 - correct1[j] / count),

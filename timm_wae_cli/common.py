@@ -1,0 +1,228 @@
+"""What every ``timm-wae`` command shares: the user-error type, argument types, model specs, output.
+
+Nothing here imports torch at module level: ``timm-wae --help`` and argument errors must answer at
+once; the commands import torch and timm_wae when they run.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+PROG = 'timm-wae'
+
+
+class CLIError(Exception):
+    """A user error: reported as ``timm-wae: error: <message>`` with exit status 2."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+
+# ----------------------------------------------------------------------------------- argument types
+def int_list(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers >= 1, got {text!r}')
+    return values
+
+
+def float_list(text: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}') from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f'expected comma-separated variances >= 0, got {text!r}')
+    return values
+
+
+def str_list(choices: Sequence[str]):
+    def parse(text: str) -> List[str]:
+        values = [v.strip() for v in text.split(',') if v.strip()]
+        bad = [v for v in values if v not in choices]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f'expected a comma-separated subset of {",".join(choices)}, got {text!r}')
+        return list(dict.fromkeys(values))
+    return parse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected an integer, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {value}')
+    return value
+
+
+def img_size(text: str):
+    if text == 'native':
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'native', got {text!r}") from None
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected an integer, got {text!r}') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {value}')
+    return value
+
+
+def wrap(text: str) -> str:
+    import textwrap
+    return textwrap.fill(text, 100)
+
+
+def model_options(p: argparse.ArgumentParser) -> None:
+    """--no-pretrained and --checkpoint, for the commands that run a trained model (eval, visualize)."""
+    p.add_argument('--no-pretrained', dest='pretrained', action='store_false',
+                   help='random weights instead of the pretrained / folder weights (smoke tests)')
+    p.add_argument('--checkpoint', metavar='FILE', help='load these weights (.safetensors, .pth) into MODEL, strictly')
+
+
+# ----------------------------------------------------------------------------------- models
+def check_model_spec(spec: str) -> str:
+    """Fail with a message naming the problem unless ``spec`` can name a model; returns the spec to load."""
+    if spec.startswith('hf-hub:'):
+        repo = spec[len('hf-hub:'):]
+        if repo.count('/') != 1 or not all(repo.split('/')):
+            raise CLIError(f'invalid Hub id {spec!r}; expected hf-hub:owner/name')
+        return spec
+    if spec.startswith('local-dir:'):
+        spec = spec[len('local-dir:'):]
+        if not Path(spec).is_dir():
+            raise CLIError(f'model folder {spec!r} does not exist')
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / 'config.json').is_file():
+            raise CLIError(f'model folder {spec!r} has no config.json (expected the Hub layout: config.json + '
+                           f'model.safetensors)')
+        return spec
+    if path.is_file():
+        raise CLIError(f'{spec!r} is a file, not a model: give a model name with --checkpoint {spec}, or a model '
+                       f'folder (config.json + model.safetensors)')
+    import timm
+    import timm_wae  # noqa: F401  (registers the wae_* models)
+    if not timm.is_model(spec):
+        if os.sep in spec or spec.startswith('.') or (os.altsep and os.altsep in spec):
+            raise CLIError(f'model folder {spec!r} does not exist')
+        import difflib
+        close = difflib.get_close_matches(spec, timm.list_models(), n=3, cutoff=0.75)
+        hint = f' (did you mean {", ".join(close)}?)' if close else ''
+        raise CLIError(f"unknown model {spec!r}; try `timm.list_models('wae_*')`{hint}, an hf-hub:owner/name id "
+                       f"or a model folder")
+    if '.' in spec:
+        from timm.models import get_pretrained_cfg
+        try:
+            get_pretrained_cfg(spec)
+        except RuntimeError:
+            arch, tag = spec.split('.', 1)
+            raise CLIError(f"unknown pretrained tag {tag!r} of model {arch!r}; try "
+                           f"`timm.list_pretrained('{arch}*')`") from None
+    return spec
+
+
+def check_checkpoint(checkpoint: Optional[str]) -> None:
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise CLIError(f'checkpoint {checkpoint!r} does not exist')
+
+
+def load_model(spec: str, pretrained: bool, checkpoint: Optional[str] = None, **kwargs: Any):
+    """``hub.create_model`` of a spec that :func:`check_model_spec` returned (and a checkpoint that
+    :func:`check_checkpoint` passed), with loading failures turned into CLIErrors."""
+    from timm_wae import hub
+    try:
+        model = hub.create_model(spec, pretrained=pretrained and checkpoint is None, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        if os.environ.get('TIMM_WAE_DEBUG'):
+            raise
+        hint = (' (for random weights: --no-pretrained in eval/visualize, no --pretrained in bench; or load '
+                'a file with --checkpoint FILE)') if pretrained and not isinstance(e, TypeError) else ''
+        raise CLIError(f'could not load model {spec!r}: {e}{hint}') from None
+    if checkpoint is not None:
+        try:
+            hub.load_weights(model, checkpoint)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            if os.environ.get('TIMM_WAE_DEBUG'):
+                raise
+            raise CLIError(f'could not load checkpoint {checkpoint!r} into {spec!r}: {e}') from None
+    return model.eval()
+
+
+def is_wae_model(model) -> bool:
+    """A WAEWrapper-like model: a WAE front end and a backbone to compare it with."""
+    return hasattr(model, 'backbone') and hasattr(model, 'front_end_name')
+
+
+def device(name: str):
+    import torch
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise CLIError(f'device {name!r} requested but CUDA is not available')
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise CLIError(f'unknown device {name!r}; expected cpu, cuda, cuda:N or auto') from None
+    return name
+
+
+def check_out_parent(path: Optional[str], what: str = '--json') -> None:
+    if path and path != '-':
+        parent = Path(path).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise CLIError(f'{what} {path!r}: folder {str(parent)!r} does not exist')
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def report(text: str, json_path: Optional[str]) -> None:
+    """The human-readable result: stdout, unless ``--json -`` keeps stdout for the JSON alone."""
+    print(text, file=sys.stderr if json_path == '-' else sys.stdout)
+
+
+def write_json(path: Optional[str], payload: Dict[str, Any]) -> None:
+    if not path:
+        return
+    text = json.dumps(json_safe(payload), indent=2)
+    if path == '-':
+        print(text)
+    else:
+        Path(path).write_text(text + '\n', encoding='utf-8')
+        print(f'wrote {path}', file=sys.stderr)
+
+
+def environment() -> Dict[str, Any]:
+    import platform
+
+    import timm
+    import torch
+    env = {'torch': torch.__version__, 'timm': timm.__version__, 'python': platform.python_version(),
+           'cpu': platform.processor() or platform.machine(), 'threads': torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env['cuda_device'] = torch.cuda.get_device_name()
+    return env
+

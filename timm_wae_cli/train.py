@@ -1,0 +1,81 @@
+"""``timm-wae train``: a door to the training recipes (``accelerate launch recipes/train.py``).
+"""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from . import common
+
+
+def add_parser(sub, fmt) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        'train', formatter_class=fmt, help='run a training recipe: accelerate launch recipes/train.py CONFIG ...',
+        description=common.wrap('A thin door to the recipes: runs `accelerate launch <repo>/recipes/train.py CONFIG '
+                    '[key=value ...]` (CONFIG may be a path or a name under recipes/configs/). Options for '
+                    'train.py itself go after "--".'),
+        epilog='examples:\n  timm-wae train recipes/configs/smoke.yaml stage2.epochs=3 output_dir=runs/try\n'
+               '  timm-wae train smoke --launcher-args "--num_processes 2 --mixed_precision bf16"')
+    p.add_argument('config', metavar='CONFIG')
+    p.add_argument('overrides', nargs='*', metavar='key=value')
+    p.add_argument('--launcher-args', metavar='"ARGS"', help='options for accelerate launch, as one string')
+    p.add_argument('--dry-run', action='store_true', help='print the command without running it')
+    p.set_defaults(run=run)
+    return p
+
+
+def recipes_dir() -> Optional[Path]:
+    """The recipes/ folder with train.py: $TIMM_WAE_RECIPES when set, else the one next to the package
+    (a source checkout); None when there is none."""
+    env = os.environ.get('TIMM_WAE_RECIPES')
+    folder = Path(env) if env else Path(__file__).resolve().parent.parent / 'recipes'
+    return folder if (folder / 'train.py').is_file() else None
+
+
+TRAIN_HOWTO = """\
+the training recipes (recipes/train.py) were not found next to the timm_wae package; they ship with
+the source repository, not with the wheel. To train:
+  git clone <the timm_wae repository> && cd timm_wae && pip install -e .
+  accelerate launch recipes/train.py recipes/configs/<config>.yaml [key=value ...]
+or point TIMM_WAE_RECIPES at a recipes/ folder that has train.py."""
+
+
+def run(args: argparse.Namespace) -> int:
+    import importlib.util
+    recipes = recipes_dir()
+    if recipes is None:
+        print(TRAIN_HOWTO, file=sys.stderr)
+        where = os.environ.get('TIMM_WAE_RECIPES') or Path(__file__).resolve().parent.parent / 'recipes'
+        raise common.CLIError(f'recipes/train.py not found (looked in {str(where)!r}; see above)')
+    config = Path(args.config)
+    if not config.is_file():
+        for cand in (recipes / 'configs' / args.config, recipes / 'configs' / f'{args.config}.yaml'):
+            if cand.is_file():
+                config = cand
+                break
+        else:
+            available = sorted(p.name for p in (recipes / 'configs').glob('*.y*ml')) if (recipes / 'configs').is_dir() else []
+            raise common.CLIError(f'config {args.config!r} does not exist'
+                           + (f'; recipes/configs has: {", ".join(available)}' if available else ''))
+    bad = [o for o in args.overrides if '=' not in o and not o.startswith('-')]
+    if bad:
+        raise common.CLIError(f'expected key=value overrides after CONFIG, got {bad}')
+    if importlib.util.find_spec('accelerate') is None:
+        raise common.CLIError('accelerate is not installed: pip install "timm_wae[train]" (accelerate launches recipes/train.py)')
+    spec = importlib.util.spec_from_file_location('timm_wae_recipe', recipes / 'train.py')
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    try:  # the config and every path it names, before the launch (accelerate would print a traceback)
+        if hasattr(recipe, 'check_paths'):
+            recipe.check_paths(recipe.load_config(config, [o for o in args.overrides if not o.startswith('-')]))
+    except (ValueError, FileNotFoundError) as e:
+        raise common.CLIError(f'{config.name}: {e}') from None
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', *shlex.split(args.launcher_args or ''),
+           str(recipes / 'train.py'), str(config), *args.overrides]
+    print('accelerate launch ' + ' '.join(shlex.quote(c) for c in cmd[3:]), file=sys.stderr)
+    if args.dry_run:
+        return 0
+    return subprocess.call(cmd)
