@@ -2,12 +2,13 @@
 import pytest
 import timm
 import timm.optim
+from timm.models import save_for_hf
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import timm_wae
-from timm_wae import ShrinkError, WAEWrapper
+from timm_wae import ShrinkError, WAEWrapper, hub
 
 FAMILIES = [
     'vgg11', 'vgg16', 'vgg11_bn', 'vgg16_bn', 'resnet18', 'resnet50', 'resnext50_32x4d', 'seresnet50',
@@ -152,8 +153,8 @@ def test_bad_backbones_and_widths_are_refused_by_name():
             WAEWrapper('resnet18', width_divisor=bad)
     with pytest.raises(ShrinkError, match="'conv1' has 64 channels"):
         WAEWrapper('resnet18', width_divisor=128)
-    with pytest.raises(ShrinkError, match='pos_embed'):
-        WAEWrapper('vit_tiny_patch16_224')
+    with pytest.raises(ShrinkError, match="'patch_embed.proj' has 192 channels"):
+        WAEWrapper('vit_tiny_patch16_224', width_divisor=256)
     with pytest.raises(ValueError, match='unknown front_end'):
         WAEWrapper('resnet18', front_end='fft')
 
@@ -310,7 +311,6 @@ WORKS = ['resnet26d', 'ghostnet_100', 'regnety_008', 'efficientnetv2_rw_t', 'mob
 REFUSED = {  # name -> what the ShrinkError must say
     'levit_128s': ['attention_biases', 'Token models'],
     'maxvit_tiny_tf_224': ['relative_position_bias_table', 'Token models'],
-    'vit_tiny_patch16_224': ['pos_embed', 'Token models'],
 }
 
 
@@ -322,6 +322,30 @@ def test_every_cnn_family_gets_a_quarter_width_ih_branch(name):
         assert model(torch.randn(2, 3, size, size)).shape == (2, 10)
     backbone_feature_params = _feature_params(model.backbone)
     assert _feature_params(model.ih_branch) < 0.15 * backbone_feature_params  # about 1/16 of the weights
+
+
+@pytest.mark.parametrize('name', ['vit_tiny_patch16_224', 'deit_tiny_distilled_patch16_224'])
+def test_token_models_get_a_quarter_width_branch_through_embed_dim_on_the_half_size_grid(name, tmp_path):
+    model = timm.create_model('wae', backbone=name, num_classes=10).eval()
+    assert model.backbone.patch_embed.img_size == (112, 112)  # built for IL: half the 224 px image
+    assert model.ih_branch.embed_dim == model.backbone.embed_dim // 4
+    assert timm.data.resolve_model_data_config(model)['input_size'] == (3, 224, 224)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        out = model.forward_train(x)
+        feats = model.forward_features(x)
+        pooled = model.backbone.forward_head(feats[..., :model.low_features])
+        torch.testing.assert_close(out.logits_il, pooled)  # sL: the backbone's own head on IL's tokens
+        torch.testing.assert_close(model(x), out.logits_il + out.logits_fused)
+    assert feats.shape[-1] == model.num_features == model.backbone.embed_dim + model.ih_branch.embed_dim
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+    save_for_hf(model, tmp_path, safe_serialization=True)
+    torch.testing.assert_close(hub.create_model(str(tmp_path)).eval()(x), model(x))
+    pyramid = timm.create_model('wae', backbone=name, features_only=True, out_indices=(1, 3)).eval()
+    with torch.no_grad():
+        maps = pyramid(x)
+    assert [m.shape[1:] for m in maps] == [(model.num_features, 7, 7)] * 2
+    assert pyramid.feature_info.reduction() == [32, 32]
 
 
 @pytest.mark.parametrize('name', sorted(REFUSED))

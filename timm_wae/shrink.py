@@ -5,7 +5,8 @@ ConvNeXt ``dims``, DenseNet ``growth_rate``), which keeps their initialisation a
 that scales with width (ConvNeXt's layer-scale). Everything else goes through a generic rewrite
 of a deep copy that resizes each Conv2d / Linear / norm layer and per-channel parameter (layer
 scale). Where the rewritten copy does not run because a width is stored outside the layers
-(Res2Net, EdgeNeXt, CSPNet), the family's constructor is used instead. Either way the result is
+(Res2Net, EdgeNeXt, CSPNet), the family's constructor is used instead. Token models are rebuilt
+through their constructor's ``embed_dim`` (VisionTransformer) at the backbone's token grid. Either way the result is
 checked with a forward pass, so an unsupported layer fails here, by name, and not at training time.
 """
 import copy
@@ -23,6 +24,7 @@ from timm.models.densenet import DenseNet
 from timm.models.edgenext import EdgeNeXt
 from timm.models.resnet import ResNet
 from timm.models.vgg import VGG
+from timm.models.vision_transformer import VisionTransformer
 from timm.layers.mixed_conv2d import MixedConv2d
 from torch import nn
 
@@ -89,11 +91,20 @@ def _cspnet(model: CspNet, arch: str, d: int, in_chans: int) -> nn.Module:
     return CspNet(cfg=cfg, in_chans=in_chans, num_classes=0)
 
 
+def _vit_args(model: VisionTransformer, d: int) -> dict:
+    """embed_dim divided, rounded up to a multiple of the heads (kept, so each head narrows too); the
+    token grid of the backbone (built for the half-size input), so IL's and IH's tokens line up."""
+    heads = model.blocks[0].attn.num_heads if len(model.blocks) else 1
+    return dict(embed_dim=heads * math.ceil(_divide(model.embed_dim, d, 'patch_embed.proj') / heads),
+                num_heads=heads, img_size=model.patch_embed.img_size)
+
+
 # Families whose timm constructor takes the widths; the value maps a model to the width kwargs.
 WIDTH_ARGS: Dict[Type[nn.Module], Callable[[nn.Module, int], dict]] = {
     VGG: _vgg_args,
     ConvNeXt: _convnext_args,
     DenseNet: _densenet_args,
+    VisionTransformer: _vit_args,
 }
 # Families the generic rewrite handles except where a width is stored outside the layers (Res2Net's
 # per-scale splits, EdgeNeXt's positional encoding, CSPNet's split points): when the rewritten copy
@@ -110,7 +121,7 @@ def _rebuild_narrow(model: nn.Module, divisor: int, in_chans: int,
     arch = getattr(model, 'pretrained_cfg', {}).get('architecture')
     if table is FALLBACK_WIDTH_ARGS and isinstance(model, CspNet) and arch in cspnet_cfgs:
         return _cspnet(model, arch, divisor, in_chans)
-    width_fn = table.get(type(model))
+    width_fn = next((table[c] for c in type(model).__mro__ if c in table), None)  # subclasses too (DeiT)
     if width_fn is None:
         return None
     width_args = width_fn(model, divisor)
@@ -252,7 +263,8 @@ def _shrink_per_channel(m: nn.Module, name: str, divisor: int, model_name: str) 
         channel_dims = [d for d, n in enumerate(tensor.shape) if n > 1]
         if len(channel_dims) != 1:
             token = any(t in attr for t in ('token', 'pos_embed', 'rel_pos', 'relative_position', 'attention_bias'))
-            hint = (' Token models (ViT-style) have no width the IH branch can divide.' if token else
+            hint = (' Token models without a width argument in their constructor (VisionTransformer has one) '
+                    'cannot be shrunk generically.' if token else
                     ' Pass a backbone whose constructor takes widths, or another width_divisor.')
             raise ShrinkError(
                 f'cannot divide the width of {model_name}: layer {name or "<root>"!r} ({type(m).__name__}) holds '
@@ -309,8 +321,11 @@ def _verify(narrow: nn.Module, in_chans: int, size: Sequence[int], model_name: s
                 f'{in_chans}x{size[0]}x{size[1]} input ({type(e).__name__}: {e}). This family cannot be shrunk '
                 f'generically.') from e
     narrow.train(was_training)
-    if out.ndim != 4:
-        raise ShrinkError(f'{model_name}.forward_features must return NCHW features, got shape {tuple(out.shape)}')
+    if out.ndim not in (3, 4):
+        raise ShrinkError(f'{model_name}.forward_features must return NCHW maps or [B, tokens, C] tokens, got shape '
+                          f'{tuple(out.shape)}')
+    if out.ndim == 3:
+        return out.shape[-1], called
     return out.shape[1], called
 
 

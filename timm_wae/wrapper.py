@@ -74,7 +74,8 @@ class FusionHead(nn.Module):
     """sc: "a similar classifier" to the backbone's head, on concat(fL, fH).
 
     For VGG-style heads (an MLP over the pooled 2-D map) it is an MLP of the same shape,
-    otherwise global pooling and a linear layer.
+    otherwise global pooling and a linear layer. Token features ([B, N, C], ``prefix_tokens`` >= 0)
+    are pooled as the backbone pools them: its class token, or the mean of the patch tokens.
     """
 
     def __init__(
@@ -85,16 +86,25 @@ class FusionHead(nn.Module):
             drop_rate: float = 0.,
             mlp_hidden: Optional[int] = None,
             mlp_kernel: int = 1,
+            prefix_tokens: int = -1,
     ):
         super().__init__()
+        self.prefix_tokens = prefix_tokens
+        self.class_token = prefix_tokens > 0 and pool_type == 'token'
+        if prefix_tokens >= 0:
+            pool_type = 'avg'  # over the 1x1 map of the pooled tokens
         self.pre_logits = FlatMlp(in_features, mlp_hidden, mlp_kernel, drop_rate) if mlp_hidden else nn.Identity()
         self.head = ClassifierHead(mlp_hidden or in_features, num_classes, pool_type, drop_rate)
         self.num_features = self.head.num_features
 
     def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
+        if self.prefix_tokens >= 0 and pool_type is not None:
+            self.class_token, pool_type = self.prefix_tokens > 0 and pool_type == 'token', 'avg'
         self.head.reset(num_classes, pool_type)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.prefix_tokens >= 0:  # [B, N, C] -> [B, C, 1, 1]
+            x = (x[:, 0] if self.class_token else x[:, self.prefix_tokens:].mean(1))[:, :, None, None]
         return self.head(self.pre_logits(x), pre_logits=pre_logits)
 
 
@@ -199,6 +209,10 @@ class WAEWrapper(nn.Module):
         if isinstance(backbone, str):
             if num_classes is not None:
                 backbone_kwargs['num_classes'] = num_classes
+            inner = timm.models.get_pretrained_cfg(backbone)
+            if inner is not None and inner.fixed_input_size and 'img_size' not in backbone_kwargs:
+                # a fixed token grid (ViT): the backbone is built for IL, half the image's size
+                backbone_kwargs['img_size'] = [math.ceil(s / 2) for s in inner.input_size[1:]]
             backbone = timm.create_model(
                 backbone, pretrained=pretrained_backbone, in_chans=low_chans, **backbone_kwargs)
         elif not isinstance(backbone, nn.Module):
@@ -226,11 +240,17 @@ class WAEWrapper(nn.Module):
 
         self.low_features = backbone.num_features
         self.high_features = 0
+        # token models' features are [B, N, C] (channels last, N tokens with prefix tokens first)
+        self.prefix_tokens = getattr(backbone, 'num_prefix_tokens', -1)
+        self.channel_dim = 2 if self.prefix_tokens >= 0 else 1
+        # a size the networks run at: a fixed token grid's, else half the backbone's size rounded up to a
+        # multiple of 64 (HRNet, DLA need one)
+        grid = getattr(getattr(backbone, 'patch_embed', None), 'img_size', None)
+        self.branch_size = list(grid) if grid else [
+            64 * max(math.ceil(s / 128), 1) for s in backbone.pretrained_cfg.get('input_size', (3, 224, 224))[1:]]
         self.ih_branch = self.fusion_head = None
         if use_ih and not use_stem:
-            # the check pass: half the backbone's size, rounded up to a multiple of 64 (HRNet, DLA need one)
-            size = [64 * max(math.ceil(s / 128), 1) for s in backbone.pretrained_cfg.get('input_size', (3, 224, 224))[1:]]
-            self.ih_branch, self.high_features = shrink_width(backbone, width_divisor, high_chans, size)
+            self.ih_branch, self.high_features = shrink_width(backbone, width_divisor, high_chans, self.branch_size)
             hidden, kernel = mlp_head_shape(backbone) or (None, 1)
             self.fusion_head = FusionHead(
                 self.low_features + self.high_features,
@@ -239,6 +259,7 @@ class WAEWrapper(nn.Module):
                 drop_rate=drop_rate,
                 mlp_hidden=fusion_hidden or hidden,
                 mlp_kernel=kernel,
+                prefix_tokens=self.prefix_tokens,
             )
         self.num_features = self.low_features + self.high_features
         self.head_hidden_size = backbone.head_hidden_size + (
@@ -261,6 +282,8 @@ class WAEWrapper(nn.Module):
 
     # ------------------------------------------------------------------ config helpers
     def _pool_type(self) -> str:
+        if self.prefix_tokens >= 0:  # ViT: 'token' or 'avg'
+            return getattr(self.backbone, 'global_pool', 'avg') or 'avg'
         pool = getattr(getattr(self.backbone, 'head', None), 'global_pool', None)
         pool = getattr(pool, 'pool_type', pool) or getattr(self.backbone, 'global_pool', 'avg')
         return pool if isinstance(pool, str) and pool else 'avg'
@@ -343,10 +366,9 @@ class WAEWrapper(nn.Module):
     def _branch_channels(self, levels: int) -> List[int]:
         """The IH branch's channels per level, from one small forward (widths may be rounded)."""
         p = next(self.ih_branch.parameters())
-        side = 2 * max(i['reduction'] for i in self.backbone.feature_info)
         was_training = self.ih_branch.training
         x = torch.zeros(1, self.norm_high.num_features if isinstance(self.norm_high, nn.BatchNorm2d) else 3,
-                        side, side, device=p.device, dtype=p.dtype)
+                        *self.branch_size, device=p.device, dtype=p.dtype)
         maps = self.ih_branch.eval().forward_intermediates(x, indices=levels, intermediates_only=True)
         self.ih_branch.train(was_training)
         return [m.shape[1] for m in maps]
@@ -426,15 +448,18 @@ class WAEWrapper(nn.Module):
         f_low = self.backbone.forward_features(feed)
         if self.ih_branch is None or high is None:
             return f_low
-        return self._join(f_low, self.ih_branch.forward_features(high))
+        f_high = self.ih_branch.forward_features(high)
+        if self.channel_dim == 2:  # tokens: the two grids are the same size by construction
+            return torch.cat([f_low, f_high], dim=2)
+        return self._join(f_low, f_high)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """concat(fL, fH), unpooled: [B, num_features, h, w]."""
+        """concat(fL, fH), unpooled: [B, num_features, h, w] (token models: [B, tokens, num_features])."""
         low, high = self.decompose(x)
         return self._features(low, high)
 
     def _heads(self, x: Tensor, pre_logits: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-        s_low = self.backbone.forward_head(x[:, :self.low_features], pre_logits=pre_logits)
+        s_low = self.backbone.forward_head(x.narrow(self.channel_dim, 0, self.low_features), pre_logits=pre_logits)
         s_fused = None if self.fusion_head is None else self.fusion_head(x, pre_logits=pre_logits)
         return s_low, s_fused
 
