@@ -19,7 +19,6 @@ checkpoint was (data order and augmentation are a function of (seed, epoch), not
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -41,11 +40,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from timm_wae import WAEWrapper
-from timm_wae.baselines import FRONT_ENDS, LEARNED_FRONT_ENDS
+from timm_wae import TransformLoss, WAEWrapper
+from timm_wae.front_ends import create_front_end
 from timm_wae.distill import DistillationLoss, Teacher, load_teacher
-from timm_wae.data import (SeededBatchSampler, SeededTransform, cached_image_folder, check_image_folder,
-                           dataset_classes, image_folder, loader_throughput, tensor_transform)
+from timm_wae.evaluate import check_image_folder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this script's own modules, however it is loaded
+from train_data import (SeededBatchSampler, SeededTransform, cached_image_folder,  # noqa: E402
+                        dataset_classes, image_folder, loader_throughput, tensor_transform)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # relative paths in configs are relative to this
 
@@ -84,7 +86,6 @@ class ModelConfig:
     backbone_from: Optional[str] = None  # a trained model folder (plain backbone) the backbone starts from
     wae_width: int = 16
     width_divisor: int = 4
-    energy_weight: float = 0.25         # λ on per-element means (= the paper's λ = 1 on sums)
     drop_rate: float = 0.0
     channels_last: bool = False
 
@@ -107,6 +108,7 @@ class StageConfig:
     clip_grad: Optional[float] = None   # max gradient norm
     max_steps_per_epoch: Optional[int] = None  # cut each epoch short (stage 1 on a budget)
     gamma: float = 0.0                  # stage 3: weight of Lt in Lc + γ·Lt
+    energy_weight: float = 0.25         # stages 1, 3: λ in Lt = lr + λ·le, per-element means (the paper's λ = 1 on sums)
     train_front_end: bool = False       # stage 2: also train the WAE encoder, on Lc only
 
 
@@ -193,9 +195,34 @@ def from_dict(cls: type, values: Dict[str, Any], prefix: str = '') -> Any:
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in values.items()})
 
 
+def read_yaml(path: Union[str, Path], seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """A config file's values; ``base: other.yaml`` (beside it) supplies every field it does not set,
+    so an experiment's file states only how it differs."""
+    path = Path(path).resolve()
+    if path in seen:
+        raise ValueError(f'{path.name}: base configs form a cycle ({" -> ".join(p.name for p in seen + (path,))})')
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f'{path.name} must hold a mapping of config fields, got {type(values).__name__}')
+    base = values.pop('base', None)
+    if base is None:
+        return values
+    if not (path.parent / base).is_file():
+        raise FileNotFoundError(f'{path.name}: base config {base!r} does not exist in {path.parent}')
+    return _merge(read_yaml(path.parent / base, seen + (path,)), values)
+
+
+def _merge(base: Dict[str, Any], diff: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in diff.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
-    """The YAML file, then ``key=value`` overrides (values parsed as YAML), as a checked Config."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    """The YAML file (over its base), then ``key=value`` overrides (values parsed as YAML), as a
+    checked Config."""
+    values = read_yaml(path)
     for item in overrides:
         key, sep, raw = item.partition('=')
         if not sep or not key:
@@ -207,6 +234,9 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
             if not isinstance(node, dict):
                 raise ValueError(f'{key}: {p} is not a section')
         node[leaf] = yaml.safe_load(raw)
+    if 'energy_weight' in (values.get('model') or {}):
+        raise ValueError('model.energy_weight is now stage1.energy_weight / stage3.energy_weight: λ is a loss weight, '
+                         'next to γ')
     cfg = from_dict(Config, values)
     if cfg.mode not in ('train', 'eval', 'loader'):
         raise ValueError(f"mode must be 'train', 'eval' or 'loader', got {cfg.mode!r}")
@@ -215,14 +245,17 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
         raise ValueError(f'stages must be an increasing subset of [1, 2, 3], got {cfg.stages}')
     if cfg.model.type not in ('wae', 'timm'):
         raise ValueError(f"model.type must be 'wae' or 'timm', got {cfg.model.type!r}")
-    if cfg.model.type == 'wae' and cfg.model.front_end not in FRONT_ENDS:
-        raise ValueError(f'unknown model.front_end {cfg.model.front_end!r}; expected one of {FRONT_ENDS}')
+    learns_wae = False
+    if cfg.model.type == 'wae':
+        try:
+            learns_wae = create_front_end(cfg.model.front_end).learned
+        except ValueError as e:
+            raise ValueError(f'model.front_end: {e}') from None
     if cfg.model.ih_fusion not in ('branch', 'stem'):
         raise ValueError(f"unknown model.ih_fusion {cfg.model.ih_fusion!r}; expected 'branch' or 'stem'")
     if cfg.distill.weight < 0 or cfg.distill.temperature <= 0:
         raise ValueError(f'distill.weight must be >= 0 and distill.temperature > 0, got {cfg.distill.weight} '
                          f'and {cfg.distill.temperature}')
-    learns_wae = cfg.model.type == 'wae' and cfg.model.front_end in LEARNED_FRONT_ENDS
     for s in cfg.stages:
         if s in (1, 3) and not learns_wae:
             raise ValueError(f'stage {s} trains the WAE with the transform loss; model.type={cfg.model.type!r} '
@@ -336,14 +369,13 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     backbone = trained_backbone(cfg, num_classes) if cfg.backbone_from else cfg.backbone
     return WAEWrapper(backbone, num_classes=num_classes, front_end=cfg.front_end, use_ih=cfg.use_ih,
                       ih_fusion=cfg.ih_fusion,
-                      width_divisor=cfg.width_divisor, energy_weight=cfg.energy_weight, drop_rate=cfg.drop_rate,
+                      width_divisor=cfg.width_divisor, drop_rate=cfg.drop_rate,
                       wae_width=cfg.wae_width, pretrained_backbone=cfg.pretrained_backbone)
 
 
 def set_trainable(model: nn.Module, stage: int, sc: StageConfig) -> bool:
     """requires_grad for the stage; returns True when the WAE is frozen (kept in eval mode)."""
-    learned = isinstance(model, WAEWrapper) and model.front_end_name in LEARNED_FRONT_ENDS
-    wae = model.wae if learned else None
+    wae = model.front_end if isinstance(model, WAEWrapper) and model.front_end.learned else None
     model.requires_grad_(stage != 1)
     if stage == 1:
         wae.requires_grad_(True)
@@ -358,10 +390,11 @@ def set_trainable(model: nn.Module, stage: int, sc: StageConfig) -> bool:
 class Objective(nn.Module):
     """One stage's loss as a module: DDP must see the forward that uses the trained parameters."""
 
-    def __init__(self, model: nn.Module, stage: int, gamma: float = 0., frozen_wae: bool = False,
-                 teacher: Optional[Teacher] = None, distill: Optional[DistillConfig] = None):
+    def __init__(self, model: nn.Module, stage: int, sc: StageConfig, transform_loss: TransformLoss,
+                 frozen_wae: bool = False, teacher: Optional[Teacher] = None, distill: Optional[DistillConfig] = None):
         super().__init__()
-        self.model, self.stage, self.gamma, self.frozen_wae = model, stage, gamma, frozen_wae
+        self.model, self.stage, self.gamma, self.frozen_wae = model, stage, sc.gamma, frozen_wae
+        self.transform_loss = transform_loss
         self.teacher = teacher if stage in (2, 3) else None  # distillation: classification stages only
         self.distill_weight = distill.weight if distill else 0.
         self.kd = DistillationLoss(distill.temperature if distill else 1.)
@@ -376,14 +409,14 @@ class Objective(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen_wae:
-            self.model.wae.eval()
+            self.model.front_end.eval()
         return self
 
     def forward(self, x: Tensor, y: Tensor) -> Dict[str, Tensor]:
         m = self.model
         if self.stage == 1:  # the WAE alone, decoder included
-            low, high = m.wae(x)
-            t = m.transform_loss(x, m.wae.reconstruct(low, high, x.shape[-2:]), high)
+            low, high = m.front_end(x)
+            t = self.transform_loss(x, m.front_end.reconstruct(low, high, x.shape[-2:]), high)
             return {'loss': t.loss, 'lt_recon': t.recon, 'lt_energy': t.energy}
         if not isinstance(m, WAEWrapper):  # plain timm model
             logits = m(x)
@@ -393,7 +426,7 @@ class Objective(nn.Module):
         lc = m.classification_loss(out, y)
         if self.stage == 2:
             return self._distill({'loss': lc, 'lc': lc, 'logits': out.logits}, x)
-        t = m.compute_transform_loss(x, out)
+        t = self.transform_loss(x, out.recon, out.high)
         return self._distill({'loss': lc + self.gamma * t.loss, 'lc': lc, 'lt': t.loss, 'lt_recon': t.recon,
                               'lt_energy': t.energy, 'logits': out.logits}, x)
 
@@ -436,38 +469,25 @@ class MetricsLog:
                 f.write(json.dumps(record) + '\n')
 
 
-def rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {'python': random.getstate(), 'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
-             'torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
+TRAINER_STATE = 'trainer_state.json'  # beside accelerate's files: progress and schedule, plain JSON
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state['python'])
-    name, keys, *rest = state['numpy']
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def save_checkpoint(folder: Path, accelerator: Accelerator, model: nn.Module, optimizer, scheduler,
-                    progress: Progress) -> None:
-    """Write everything into folder.tmp, then swap it in with os.replace: a kill at any moment
-    leaves either the previous checkpoint or the new one (folder.old during the swap)."""
+def save_checkpoint(folder: Path, accelerator: Accelerator, scheduler, progress: Progress) -> None:
+    """``accelerator.save_state`` (model, optimizer, every process's RNG) into folder.tmp, plus the
+    progress, the schedule and each process's partial metric sums as JSON; then swapped in with
+    os.replace: a kill at any moment leaves either the previous checkpoint or the new one
+    (folder.old during the swap). Nothing here is unpickled on resume beyond what
+    ``torch.load(weights_only=True)`` allows."""
     tmp, old = folder.with_name(folder.name + '.tmp'), folder.with_name(folder.name + '.old')
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save({'rng': rng_state(), 'meters': progress.meters}, tmp / f'process-{accelerator.process_index}.pt')
+    accelerator.save_state(str(tmp), safe_serialization=False)  # safetensors refuses channels_last weights
+    (tmp / f'meters_{accelerator.process_index}.json').write_text(json.dumps(progress.meters))
     if accelerator.is_main_process:
-        torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                    'scheduler': scheduler.state_dict(), 'progress': asdict(progress),
-                    'num_processes': accelerator.num_processes}, tmp / 'state.pt')
+        (tmp / TRAINER_STATE).write_text(json.dumps({
+            'progress': {k: v for k, v in asdict(progress).items() if k != 'meters'},
+            'scheduler': scheduler.state_dict(), 'num_processes': accelerator.num_processes}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(old, ignore_errors=True)
@@ -478,23 +498,23 @@ def save_checkpoint(folder: Path, accelerator: Accelerator, model: nn.Module, op
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(folder: Path, accelerator: Accelerator, model: nn.Module, optimizer, scheduler) -> Optional[Progress]:
+def load_checkpoint(folder: Path, accelerator: Accelerator, scheduler) -> Optional[Progress]:
+    """The checkpoint in ``folder`` (or folder.old, if a kill came during the swap), or None."""
+    if (folder / 'state.pt').exists():  # not silently restarted: say what it is
+        raise ValueError(f'{folder} is a checkpoint of timm_wae 0.1 (state.pt): resume it with that version '
+                         f'(git checkout 162fc0a), or delete the folder to restart the stage')
     old = folder.with_name(folder.name + '.old')
-    folder = folder if (folder / 'state.pt').exists() else old if (old / 'state.pt').exists() else None
+    folder = folder if (folder / TRAINER_STATE).exists() else old if (old / TRAINER_STATE).exists() else None
     if folder is None:
         return None
-    state = torch.load(folder / 'state.pt', map_location='cpu', weights_only=True)
-    model.load_state_dict(state['model'])
-    optimizer.load_state_dict(state['optimizer'])
+    state = json.loads((folder / TRAINER_STATE).read_text())
+    accelerator.load_state(str(folder))
     scheduler.load_state_dict(state['scheduler'])
     progress = Progress(**state['progress'])
-    own = folder / f'process-{accelerator.process_index}.pt'
+    own = folder / f'meters_{accelerator.process_index}.json'
     if state['num_processes'] == accelerator.num_processes and own.exists():
-        own = torch.load(own, weights_only=True)
-        set_rng_state(own['rng'])
-        progress.meters = own['meters']
+        progress.meters = json.loads(own.read_text())
     else:
-        progress.meters = {}
         accelerator.print(f'warning: {folder} was written by {state["num_processes"]} process(es); random '
                           f'state and partial metrics are not restored: the run will not match an uninterrupted one')
     return progress
@@ -511,8 +531,7 @@ def save_model(model: nn.Module, folder: Path, cfg: Config, stage: int, classes:
     """The stage's final model in the Hub layout (config.json, model.safetensors, README.md)."""
     from timm_wae.hub import save_pretrained
     model = model.to(memory_format=torch.contiguous_format)  # safetensors refuses channels_last weights
-    model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=len(classes), label_names=list(classes),
-                                **{k: dc[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+    data_config = {k: dc[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')}
     tmp = folder.with_name(folder.name + '.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     card = dict(
@@ -522,8 +541,8 @@ def save_model(model: nn.Module, folder: Path, cfg: Config, stage: int, classes:
                     data=asdict(cfg.data), training=asdict(cfg.stage(stage)), seed=cfg.seed),
         results=results,
     )
-    save_pretrained(model, tmp, model_card=card, data_config={k: dc[k] for k in (
-        'input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+    save_pretrained(model, tmp, model_card=card, data_config=data_config,
+                    pretrained_cfg=dict(data_config, num_classes=len(classes), label_names=list(classes)))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -535,15 +554,16 @@ def load_init(model: nn.Module, path: Path) -> None:
 
 # =============================================================================== evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator: Accelerator, classify: bool, transform: bool,
-             channels_last: bool = False) -> Dict[str, float]:
-    """Val metrics over the whole split; per-sample values are gathered across processes
-    (gather_for_metrics drops the samples repeated to even out the last batch)."""
+def evaluate(model: nn.Module, loader, accelerator: Accelerator, classify: bool,
+             transform: Optional[TransformLoss], channels_last: bool = False) -> Dict[str, float]:
+    """Val metrics over the whole split (Lt's terms too with a ``transform`` loss); per-sample values
+    are gathered across processes (gather_for_metrics drops the samples repeated to even out the
+    last batch)."""
     if accelerator.num_processes > 1:  # BatchNorm statistics: rank 0's, as in the saved model
         for buf in model.buffers():
             broadcast(buf, from_process=0)
     model.eval()
-    names = (['ce', 'top1', 'top5'] if classify else []) + (['lt_recon', 'lt_energy'] if transform else [])
+    names = (['ce', 'top1', 'top5'] if classify else []) + (['lt', 'lt_recon', 'lt_energy'] if transform else [])
     sums, count = torch.zeros(len(names), dtype=torch.float64), 0
     for x, y in loader:
         if channels_last:
@@ -554,10 +574,10 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, classify: bool,
                 logits = model(x).float()
                 cols += [F.cross_entropy(logits, y, reduction='none'), topk_correct(logits, y, 1),
                          topk_correct(logits, y, 5)]
-            if transform:
-                low, high = model.wae(x)
-                recon = model.wae.reconstruct(low, high, x.shape[-2:])
-                cols += [(recon.float() - x.float()).pow(2).mean((1, 2, 3)), high.float().pow(2).mean((1, 2, 3))]
+            if transform is not None:
+                low, high = model.front_end(x)
+                t = transform.per_sample(x, model.front_end.reconstruct(low, high, x.shape[-2:]), high)
+                cols += [t.loss, t.recon, t.energy]
         rows = accelerator.gather_for_metrics(torch.stack(cols, dim=1))
         sums += rows.double().sum(0).cpu()
         count += len(rows)
@@ -565,8 +585,6 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, classify: bool,
     for k in ('top1', 'top5'):
         if k in out:
             out[k] *= 100
-    if transform:
-        out['lt'] = out['lt_recon'] + model.transform_loss.energy_weight * out['lt_energy']
     out['images'] = count
     return out
 
@@ -599,7 +617,8 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     frozen_wae = set_trainable(model, stage, sc)
-    objective = Objective(model, stage, sc.gamma, frozen_wae, teacher, cfg.distill)
+    transform_loss = TransformLoss(sc.energy_weight)  # Lt of stages 1 and 3, in training and in val
+    objective = Objective(model, stage, sc, transform_loss, frozen_wae, teacher, cfg.distill)
 
     loader = train_loader(train_set, sc.batch_size, cfg, accelerator)
     steps_per_epoch = min(loader.batch_sampler.batches_per_epoch, sc.max_steps_per_epoch or math.inf)
@@ -614,7 +633,7 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
 
     progress = None
     if cfg.resume:
-        progress = load_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler)
+        progress = load_checkpoint(ckpt_dir, accelerator, scheduler)
         if progress is not None:
             accelerator.print(f'stage {stage}: resuming at epoch {progress.epoch}, batch {progress.batch} '
                               f'(step {progress.step}) from {ckpt_dir}')
@@ -627,14 +646,14 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
     accelerator.print(f'stage {stage}: {n_train / 1e6:.2f}M trainable parameters, {sc.epochs} epochs of '
                       f'{steps_per_epoch} steps, batch {sc.batch_size} on {accelerator.num_processes} process(es)')
 
-    classify, transform = stage in (2, 3), stage in (1, 3)
-    checkpoint = lambda: save_checkpoint(ckpt_dir, accelerator, model, optimizer, scheduler, progress)  # noqa: E731
+    classify, transform = stage in (2, 3), transform_loss if stage in (1, 3) else None
+    checkpoint = lambda: save_checkpoint(ckpt_dir, accelerator, scheduler, progress)  # noqa: E731
 
     def stop(epoch: int, error: str, what: str, remedy: str) -> NoReturn:
         """End the stage before the optimizer step: log the error, name the last good checkpoint."""
         bar.close()
         log.write({'stage': stage, 'epoch': epoch, 'step': progress.step, 'error': error})
-        last_good = ckpt_dir if (ckpt_dir / 'state.pt').exists() else \
+        last_good = ckpt_dir if (ckpt_dir / TRAINER_STATE).exists() else \
             f'none in this stage yet (it starts from {init or "scratch"})'
         raise NonFiniteLossError(
             f'stage {stage}: {what}; stopped before updating the weights. Last good checkpoint: {last_good}. '
@@ -797,7 +816,8 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
         model = build_model(cfg.model, len(classes))
         load_init(model, resolve(cfg.init_from))
         model = model.to(accelerator.device)
-        transform = isinstance(model, WAEWrapper) and model.front_end_name in LEARNED_FRONT_ENDS
+        learned = isinstance(model, WAEWrapper) and model.front_end.learned
+        transform = TransformLoss(cfg.stage3.energy_weight) if learned else None  # Lt as stage 3 weighs it
         val = evaluate(model, val_loader, accelerator, True, transform)
         log.write({'mode': 'eval', 'split': 'val', 'init_from': cfg.init_from,
                    'num_processes': accelerator.num_processes, **val})

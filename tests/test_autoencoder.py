@@ -43,6 +43,9 @@ def test_transform_loss_is_mean_reconstruction_error_plus_weighted_mean_energy(w
     torch.testing.assert_close(terms.recon, ((image - recon) ** 2).mean())
     torch.testing.assert_close(terms.energy, (ih ** 2).mean())
     torch.testing.assert_close(terms.loss, terms.recon + weight * terms.energy)
+    each = TransformLoss(weight).per_sample(image, recon, ih)  # what evaluation gathers, image by image
+    torch.testing.assert_close(each.recon, ((image - recon) ** 2).mean((1, 2, 3)))
+    torch.testing.assert_close(each.loss, each.recon + weight * (ih ** 2).mean((1, 2, 3)))
 
 
 def test_default_energy_weight_reproduces_the_papers_lambda_one_on_sums():

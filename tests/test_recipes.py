@@ -42,7 +42,7 @@ def load_train_module():
     return module
 
 
-train = load_train_module()
+train = load_train_module()  # also puts recipes/ on sys.path: its train_data module imports as `train_data`
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -142,9 +142,29 @@ def test_dotted_overrides_are_typed_and_checked():
         train.load_config(SMOKE, ['stages=[3, 2]'])
 
 
+def test_experiment_configs_state_their_differences_from_a_base(tmp_path):
+    """``base:`` merges field by field; the base's other fields stay; cycles and missing bases are named."""
+    for name in ('wavelet_cnn', 'full_resolution', 'wae2_stem'):
+        assert 'base:' in (CONFIGS / f'{name}.yaml').read_text()
+    stem, base = train.load_config(CONFIGS / 'wae2_stem.yaml', []), train.load_config(CONFIGS / 'wae.yaml', [])
+    assert (stem.model.front_end, stem.model.ih_fusion, stem.stages) == ('wae2', 'stem', [2])  # wae2.yaml, then its own
+    assert stem.stage2.train_front_end and replace(stem.stage2, train_front_end=False) == base.stage2
+    assert stem.data == base.data and stem.model.channels_last == base.model.channels_last
+    (tmp_path / 'a.yaml').write_text('base: b.yaml\nseed: 1\n')
+    (tmp_path / 'b.yaml').write_text('base: a.yaml\n')
+    with pytest.raises(ValueError, match='cycle'):
+        train.load_config(tmp_path / 'a.yaml', [])
+    (tmp_path / 'c.yaml').write_text('base: nowhere.yaml\n')
+    with pytest.raises(FileNotFoundError, match="base config 'nowhere.yaml' does not exist"):
+        train.load_config(tmp_path / 'c.yaml', [])
+    with pytest.raises(ValueError, match='stage1.energy_weight'):  # λ left the model's arguments
+        train.load_config(CONFIGS / 'wae.yaml', ['model.energy_weight=0.5'])
+    assert train.load_config(CONFIGS / 'wae.yaml', ['stage3.energy_weight=0.5']).stage3.energy_weight == 0.5
+
+
 # ----------------------------------------------------------------------------- data
 def test_decoded_cache_is_built_once_atomically_and_keyed_by_content(data_root, tmp_path):
-    from timm_wae.data import cached_image_folder, image_folder
+    from train_data import cached_image_folder, image_folder
     cache = tmp_path / 'cache'
     a = cached_image_folder(data_root / 'train', 24, cache, max_per_class=4)
     files = sorted(cache.iterdir())
@@ -172,7 +192,7 @@ def test_decoded_cache_is_built_once_atomically_and_keyed_by_content(data_root, 
 
 
 def test_seeded_batches_do_not_depend_on_process_count_and_resume_mid_epoch(data_root, tmp_path):
-    from timm_wae.data import SeededBatchSampler, SeededTransform, cached_image_folder, tensor_transform
+    from train_data import SeededBatchSampler, SeededTransform, cached_image_folder, tensor_transform
     one = SeededBatchSampler(18, 6, seed=3)
     two = [SeededBatchSampler(18, 6, seed=3, rank=r, world_size=2) for r in range(2)]
     for epoch in (0, 1):
@@ -233,7 +253,7 @@ def test_smoke_run_logs_every_metric_and_saves_each_stage_in_the_hub_layout(refe
     assert 'stage 2 epoch 2/2' in res.stderr  # the tqdm bar
     # stage 2 kept stage 1's WAE frozen; the final model went to the Hub and reloads
     s1, s2, s3 = (weights(out / f'stage{s}' / 'model') for s in (1, 2, 3))
-    wae = [k for k in s1 if k.startswith('wae.')]
+    wae = [k for k in s1 if k.startswith('front_end.')]
     assert wae and all(torch.equal(s1[k], s2[k]) for k in wae)
     assert any(not torch.equal(s2[k], s3[k]) for k in wae)  # stage 3 trains it again
     assert (pushed / 'model.safetensors').read_bytes() == (out / 'stage3' / 'model' / 'model.safetensors').read_bytes()
@@ -266,8 +286,9 @@ def test_killed_run_resumes_to_the_same_metrics_and_weights(reference, data_root
     assert proc.returncode == -signal.SIGKILL
     # killed between the checkpoint of step 2 (which holds partial metric sums: lines come every 3
     # steps) and the next one, with the line of step 3 already written
-    progress = torch.load(out / 'stage2' / 'checkpoint' / 'state.pt', weights_only=True)['progress']
-    assert (progress['step'], progress['epoch']) == (2, 0) and progress['meters']
+    ckpt = out / 'stage2' / 'checkpoint'
+    progress = json.loads((ckpt / 'trainer_state.json').read_text())['progress']
+    assert (progress['step'], progress['epoch']) == (2, 0) and json.loads((ckpt / 'meters_0.json').read_text())
     assert not (out / 'stage2' / 'done.json').exists()
     res = launch(data_root, out, 'resume=true')
     assert 'stage 1: already done' in res.stdout and 'stage 2: resuming at epoch 0, batch 2' in res.stdout
@@ -275,6 +296,16 @@ def test_killed_run_resumes_to_the_same_metrics_and_weights(reference, data_root
     for stage in (2, 3):
         a, b = weights(out / f'stage{stage}' / 'model'), weights(ref_out / f'stage{stage}' / 'model')
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_of_the_old_format_is_named_not_silently_restarted(tmp_path):
+    """timm_wae 0.1 wrote one state.pt per checkpoint; resuming it with this version would restart the
+    stage from scratch, so it is refused with the way to resume it."""
+    ckpt = tmp_path / 'stage2' / 'checkpoint'
+    ckpt.mkdir(parents=True)
+    torch.save({'progress': {'epoch': 1}}, ckpt / 'state.pt')
+    with pytest.raises(ValueError, match='checkpoint of timm_wae 0.1.*git checkout 162fc0a'):
+        train.load_checkpoint(ckpt, None, None)
 
 
 @pytest.mark.parametrize('fault', ['debug.nan_at_step=5', 'stage2.lr=1e30'])
@@ -286,12 +317,13 @@ def test_nonfinite_loss_stops_with_a_message_and_the_last_checkpoint_intact(faul
     assert not (out / 'stage2' / 'done.json').exists() and (out / 'stage1' / 'done.json').exists()
     last = json.loads((out / 'metrics.jsonl').read_text().splitlines()[-1])
     assert last['stage'] == 2 and 'non-finite loss' in last['error']
-    ckpt = out / 'stage2' / 'checkpoint' / 'state.pt'
+    ckpt = out / 'stage2' / 'checkpoint'
     if fault.startswith('debug'):  # step 5 comes after the end-of-epoch-1 checkpoint (step 4)
-        state = torch.load(ckpt, weights_only=True)
-        assert state['progress']['step'] == 5 - 1 and state['progress']['epoch'] == 1
-        assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
-        assert f'Last good checkpoint: {ckpt.parent}' in res.stderr
+        progress = json.loads((ckpt / 'trainer_state.json').read_text())['progress']
+        assert progress['step'] == 5 - 1 and progress['epoch'] == 1
+        state = torch.load(ckpt / 'pytorch_model.bin', weights_only=True)  # accelerate's save_state
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+        assert f'Last good checkpoint: {ckpt}' in res.stderr
         # and the run can go on from it, once the fault is gone
         fixed = launch(data_root, out, 'resume=true')
         assert 'stage 2: resuming at epoch 1' in fixed.stdout and (out / 'stage3' / 'done.json').exists()
@@ -347,7 +379,7 @@ def test_each_imagenette_config_trains_what_its_row_needs(name, data_root, tmp_p
     config_json = json.loads((last / 'config.json').read_text())
     state = weights(last)
     if name == 'full_resolution':
-        assert config_json['architecture'] == 'test_resnet' and not any(k.startswith('wae.') for k in state)
+        assert config_json['architecture'] == 'test_resnet' and not any(k.startswith('front_end.') for k in state)
         return
     args = config_json['model_args']
     assert args['front_end'] == cfg.model.front_end and args['use_ih'] == cfg.model.use_ih
@@ -357,14 +389,14 @@ def test_each_imagenette_config_trains_what_its_row_needs(name, data_root, tmp_p
     if name.startswith('wae2'):  # end to end from the Haar start: the encoder moved, IH fed where configured
         train.set_seed(cfg.seed + 2)
         init = train.build_model(cfg.model, 3).state_dict()
-        assert not torch.equal(state['wae.encoder.analysis.weight'], init['wae.encoder.analysis.weight'])
+        assert not torch.equal(state['front_end.encoder.analysis.weight'], init['front_end.encoder.analysis.weight'])
         first = train.build_model(cfg.model, 3).backbone.pretrained_cfg['first_conv']
         assert state[f'backbone.{first}.weight'].shape[1] == (3 if branch else 12)
     if name == 'decomposition_cnn':  # encoder trained on Lc alone, decoder never touched
         train.set_seed(cfg.seed + 2)
         init = train.build_model(cfg.model, 3).state_dict()
-        enc = [k for k in state if k.startswith('wae.encoder.')]
-        dec = [k for k in state if k.startswith('wae.decoder.')]
+        enc = [k for k in state if k.startswith('front_end.encoder.')]
+        dec = [k for k in state if k.startswith('front_end.decoder.')]
         assert enc and dec
         assert any(not torch.equal(state[k], init[k]) for k in enc)
         assert all(torch.equal(state[k], init[k]) for k in dec)
@@ -389,7 +421,7 @@ def test_a_single_stage_starts_from_init_from(reference, data_root, tmp_path, mo
                        f'init_from={stage1}', 'stage2.epochs=1']) == 0
     assert not (out / 'stage1').exists() and not (out / 'stage3').exists()
     init, trained = weights(stage1), weights(out / 'stage2' / 'model')
-    wae = [k for k in init if k.startswith('wae.')]
+    wae = [k for k in init if k.startswith('front_end.')]
     assert wae and all(torch.equal(init[k], trained[k]) for k in wae)  # loaded, then frozen
     assert any(not torch.equal(init[k], trained[k]) for k in init if k.startswith('backbone.'))
 

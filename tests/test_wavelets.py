@@ -99,7 +99,7 @@ def test_dwt2_rejects_bad_input(tensor: torch.Tensor, message: str) -> None:
 
 def test_idwt2_rejects_mismatched_details() -> None:
     ca = torch.randn(1, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"details must have shape .*got \[1, 6, 8, 8\]"):
+    with pytest.raises(ValueError, match=r"high must have shape .*got \[1, 6, 8, 8\]"):
         idwt2(ca, torch.randn(1, 6, 8, 8))
     with pytest.raises(ValueError, match=r"4-D tensor"):
         idwt2(ca[0], torch.randn(9, 8, 8))
@@ -115,7 +115,7 @@ def test_haar_equals_pywt_symmetric_and_inverts_exactly(size):
     np.testing.assert_allclose(ca.numpy(), ref_a, atol=1e-12)
     for k, ref in enumerate((ref_h, ref_v, ref_d)):  # dwt2's layout: cH, cV, cD of channel c at 3c..3c+2
         np.testing.assert_allclose(details[:, k::3].numpy(), ref, atol=1e-12)
-    torch.testing.assert_close(dwt.inverse(ca, details, size), x, atol=1e-12, rtol=0)
+    torch.testing.assert_close(dwt.reconstruct(ca, details, size), x, atol=1e-12, rtol=0)
 
 
 def test_haar_matrix_is_orthonormal_and_keeps_energy():

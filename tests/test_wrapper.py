@@ -1,4 +1,6 @@
 """WAEWrapper on real timm models: the model contract, the quarter-width branch, the losses."""
+import json
+
 import pytest
 import timm
 import timm.optim
@@ -8,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm_wae
-from timm_wae import ShrinkError, WAEWrapper, hub
+from timm_wae import FrontEnd, ShrinkError, TransformLoss, WAEWrapper, hub
 
 FAMILIES = [
     'vgg11', 'vgg16', 'vgg11_bn', 'vgg16_bn', 'resnet18', 'resnet50', 'resnext50_32x4d', 'seresnet50',
@@ -49,16 +51,16 @@ def test_output_is_the_sum_of_both_scores_and_the_loss_is_the_sum_of_both_cross_
     target = torch.tensor([0, 3])
     with torch.no_grad():
         out = model.forward_train(X)
-        torch.testing.assert_close(out.logits, out.logits_il + out.logits_fused)
+        torch.testing.assert_close(out.logits, out.logits_low + out.logits_fused)
         torch.testing.assert_close(model(X), out.logits)
-        expected = F.cross_entropy(out.logits_il, target) + F.cross_entropy(out.logits_fused, target)
+        expected = F.cross_entropy(out.logits_low, target) + F.cross_entropy(out.logits_fused, target)
         torch.testing.assert_close(model.classification_loss(out, target), expected)
 
 
 def test_inference_never_runs_the_decoder_but_training_with_reconstruction_does():
     model = WAEWrapper('resnet18', num_classes=3)
     calls = []
-    model.wae.decoder.register_forward_hook(lambda *a: calls.append(1))
+    model.front_end.decoder.register_forward_hook(lambda *a: calls.append(1))
     model.eval()
     with torch.no_grad():
         model(X)
@@ -68,8 +70,51 @@ def test_inference_never_runs_the_decoder_but_training_with_reconstruction_does(
     model.train()
     out = model.forward_train(X, reconstruct=True)
     assert calls == [1] and out.recon.shape == X.shape
-    terms = model.compute_transform_loss(X, out)
+    terms = TransformLoss(0.25)(X, out.recon, out.high)
     torch.testing.assert_close(terms.energy, out.high.pow(2).mean())
+
+
+@pytest.mark.parametrize('front_end', ['wae', 'wae2', 'dwt97', 'haar', 'resize'])
+def test_every_front_end_declares_what_it_can_do_and_reconstructs_where_it_says_so(front_end):
+    model = WAEWrapper('resnet18', num_classes=3, front_end=front_end).eval()
+    fe = model.front_end
+    assert isinstance(fe, FrontEnd) and fe.learned == (front_end in ('wae', 'wae2'))
+    with torch.no_grad():
+        low, high = fe(X)
+    assert low.shape[1] == fe.low_chans and (high is None if fe.high_chans == 0 else high.shape[1] == fe.high_chans)
+    if not fe.can_reconstruct:
+        with pytest.raises(NotImplementedError, match='cannot reconstruct'):
+            fe.reconstruct(low, high, X.shape[-2:])
+        return
+    recon = fe.reconstruct(low, high, X.shape[-2:])
+    assert recon.shape == X.shape
+    if not fe.learned:  # the fixed wavelets invert exactly
+        torch.testing.assert_close(recon, X, atol=1e-4, rtol=0)
+
+
+def test_weights_saved_by_timm_wae_0_1_load_with_the_front_end_renamed(tmp_path):
+    """0.1 called the front end ``wae`` (keys ``wae.*``, first_conv ``wae.encoder...``) and saved λ as a
+    model arg: its files still load, exactly, by every route."""
+    model = timm.create_model('wae', backbone='resnet18', num_classes=3).eval()
+    with torch.no_grad():
+        model.front_end.encoder.stem[0].weight.mul_(1.5)  # not the init: the weights must travel
+    old = {('wae.' + k[len('front_end.'):] if k.startswith('front_end.') else k): v for k, v in model.state_dict().items()}
+    fresh = timm.create_model('wae', backbone='resnet18', num_classes=3).eval()
+    fresh.load_state_dict(old)  # the plain torch route (the recipes' checkpoints)
+    torch.testing.assert_close(fresh(X), model(X))
+    save_for_hf(model, tmp_path, safe_serialization=True)
+    from safetensors.torch import save_file
+    save_file(old, str(tmp_path / 'model.safetensors'))
+    config = json.loads((tmp_path / 'config.json').read_text())
+    config['model_args']['energy_weight'] = 0.25
+    config['pretrained_cfg']['first_conv'] = 'wae.encoder.stem.0'
+    (tmp_path / 'config.json').write_text(json.dumps(config))
+    loaded = hub.create_model(str(tmp_path)).eval()  # the folder route, through hub's strict check
+    torch.testing.assert_close(loaded(X), model(X))
+    assert loaded.first_conv == 'front_end.encoder.stem.0'
+    again = hub.load_weights(timm.create_model('wae', backbone='resnet18', num_classes=3).eval(),
+                             tmp_path / 'model.safetensors')
+    torch.testing.assert_close(again(X), model(X))
 
 
 def test_reset_classifier_resets_both_heads():
@@ -206,7 +251,7 @@ def test_half_resolution_front_ends_feed_nine_detail_channels_to_either_fusion(f
     for model in (branch, stem):
         assert model(X).shape == (2, 3)
         assert model.forward_head(model.forward_features(X), pre_logits=True).shape == (2, model.head_hidden_size)
-    assert stem.first_conv.startswith('wae.encoder') if front_end == 'wae2' else stem.first_conv == 'backbone.conv1'
+    assert stem.first_conv.startswith('front_end.encoder') if front_end == 'wae2' else stem.first_conv == 'backbone.conv1'
 
 
 def test_stem_fusion_of_a_trained_backbone_starts_as_that_backbone_on_il():
@@ -242,10 +287,10 @@ def test_wae2_saves_and_reloads_with_its_fusion(tmp_path):
     from timm_wae.hub import create_model, save_pretrained
     model = WAEWrapper('resnet18', num_classes=3, front_end='wae2', ih_fusion='stem').eval()
     with torch.no_grad():
-        model.wae.encoder.refine.conv2.weight.normal_()  # not the init any more: the weights must travel
+        model.front_end.encoder.refine.conv2.weight.normal_()  # not the init any more: the weights must travel
     save_pretrained(model, tmp_path / 'm')
     loaded = create_model(str(tmp_path / 'm')).eval()
-    assert loaded.ih_fusion == 'stem' and loaded.front_end_name == 'wae2'
+    assert loaded.ih_fusion == 'stem' and loaded.model_args['front_end'] == 'wae2'
     torch.testing.assert_close(loaded(X), model(X))
 
 
@@ -254,7 +299,7 @@ def test_wae2_models_are_registered_with_their_backbones_transform_and_reload_fr
     assert set(timm.list_models('wae2_*')) == {'wae2_resnet18', 'wae2_resnet50', 'wae2_efficientnet_b0',
                                                 'wae2_mobilenetv3_large_100'}
     model = timm.create_model('wae2_mobilenetv3_large_100.imagenette').eval()
-    assert (model.front_end_name, model.ih_fusion, model.num_classes) == ('wae2', 'stem', 10)
+    assert (model.model_args['front_end'], model.ih_fusion, model.num_classes) == ('wae2', 'stem', 10)
     inner = timm.models.get_pretrained_cfg('mobilenetv3_large_100')
     assert (model.pretrained_cfg['crop_pct'], model.pretrained_cfg['interpolation']) == (inner.crop_pct, inner.interpolation)
     x = torch.randn(2, 3, 128, 128)
@@ -335,8 +380,8 @@ def test_token_models_get_a_quarter_width_branch_through_embed_dim_on_the_half_s
         out = model.forward_train(x)
         feats = model.forward_features(x)
         pooled = model.backbone.forward_head(feats[..., :model.low_features])
-        torch.testing.assert_close(out.logits_il, pooled)  # sL: the backbone's own head on IL's tokens
-        torch.testing.assert_close(model(x), out.logits_il + out.logits_fused)
+        torch.testing.assert_close(out.logits_low, pooled)  # sL: the backbone's own head on IL's tokens
+        torch.testing.assert_close(model(x), out.logits_low + out.logits_fused)
     assert feats.shape[-1] == model.num_features == model.backbone.embed_dim + model.ih_branch.embed_dim
     torch.testing.assert_close(torch.jit.script(model)(x), model(x))
     save_for_hf(model, tmp_path, safe_serialization=True)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .front_ends import FrontEnd
 from .wavelets import haar_matrix, pad_to_even
 
 __all__ = ['WAEEncoder', 'WAEDecoder', 'WaveletLikeAutoEncoder', 'TransformLoss', 'TransformLossTerms',
@@ -71,10 +72,10 @@ class WAEEncoder(nn.Module):
         if fmt is not None:
             x = x.contiguous(memory_format=fmt)
         x = self.stem(x)
-        il, ih = self.to_low(x), self.to_high(x)
+        low, high = self.to_low(x), self.to_high(x)
         if fmt is not None:
-            il, ih = il.contiguous(), ih.contiguous()
-        return il, ih
+            low, high = low.contiguous(), high.contiguous()
+        return low, high
 
 
 class _DecoderBranch(nn.Sequential):
@@ -97,9 +98,9 @@ class WAEDecoder(nn.Module):
         self.from_low = _DecoderBranch(in_chans, width, out_chans)
         self.from_high = _DecoderBranch(in_chans, width, out_chans)
 
-    def forward(self, il: Tensor, ih: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
+    def forward(self, low: Tensor, high: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
         """``size`` is the input's (H, W): the x2 upsampling overshoots odd sizes by one pixel."""
-        out = self.from_low(il) + self.from_high(ih)
+        out = self.from_low(low) + self.from_high(high)
         if size is not None:
             out = out[..., :size[0], :size[1]]
         return out
@@ -119,7 +120,7 @@ class TransformLoss(nn.Module):
     Both terms are per-element means (independent of batch and image size, so learning rates
     transfer between resolutions). The paper writes λ = 1 on squared norms, i.e. on sums; IH has a
     quarter of I's elements, so λ = 0.25 on means gives the authors' relative weighting, and is
-    the default here.
+    the default here. λ is a training choice, not part of a model: the recipes' config holds it.
     """
 
     def __init__(self, energy_weight: float = 0.25):
@@ -127,27 +128,37 @@ class TransformLoss(nn.Module):
         self.energy_weight = energy_weight
 
     @torch.jit.unused  # a training loss: TorchScript (inference) never needs it
-    def forward(self, image: Tensor, recon: Tensor, ih: Tensor) -> TransformLossTerms:
-        lr = F.mse_loss(recon.float(), image.float())
-        le = ih.float().pow(2).mean()
+    def per_sample(self, image: Tensor, recon: Tensor, high: Tensor) -> TransformLossTerms:
+        """The terms of each image, [B] each (evaluation gathers them across processes)."""
+        lr = (recon.float() - image.float()).pow(2).flatten(1).mean(1)
+        le = high.float().pow(2).flatten(1).mean(1)
         return TransformLossTerms(lr + self.energy_weight * le, lr, le)
 
+    @torch.jit.unused
+    def forward(self, image: Tensor, recon: Tensor, high: Tensor) -> TransformLossTerms:
+        """The batch's terms: the mean of ``per_sample`` (every image has as many elements)."""
+        t = self.per_sample(image, recon, high)
+        return TransformLossTerms(t.loss.mean(), t.recon.mean(), t.energy.mean())
 
-class WaveletLikeAutoEncoder(nn.Module):
-    """Encoder + decoder. ``forward`` returns (IL, IH); ``reconstruct`` runs the decoder."""
+
+class WaveletLikeAutoEncoder(FrontEnd):
+    """Encoder + decoder (front end ``'wae'``). ``forward`` returns (IL, IH); ``reconstruct`` runs
+    the decoder."""
+
+    learned = True
 
     def __init__(self, in_chans: int = 3, width: int = 16, sub_chans: int = 3):
-        super().__init__()
+        super().__init__(sub_chans, sub_chans)
         self.in_chans = in_chans
-        self.out_chans = sub_chans
         self.encoder = WAEEncoder(in_chans, width, sub_chans)
         self.decoder = WAEDecoder(sub_chans, width, in_chans)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         return self.encoder(x)
 
-    def reconstruct(self, il: Tensor, ih: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
-        return self.decoder(il, ih, size)
+    @torch.jit.unused
+    def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
+        return self.decoder(low, high, size)
 
 
 class _Refine(nn.Module):
@@ -206,25 +217,27 @@ class HalfResolutionDecoder(nn.Module):
         with torch.no_grad():
             self.synthesis.weight.copy_(haar_matrix(in_chans).t()[:, :, None, None])
 
-    def forward(self, il: Tensor, ih: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
-        out = F.pixel_shuffle(self.synthesis(self.refine(torch.cat([il, ih], dim=1))), 2)
+    def forward(self, low: Tensor, high: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
+        out = F.pixel_shuffle(self.synthesis(self.refine(torch.cat([low, high], dim=1))), 2)
         return out if size is None else out[..., :size[0], :size[1]]
 
 
-class HalfResolutionWAE(nn.Module):
+class HalfResolutionWAE(FrontEnd):
     """A cheap WAE (front end ``'wae2'``): IL is C channels, IH the 3C detail channels, as in the
     Haar DWT it starts from; the decoder starts as the exact inverse, so Lt's reconstruction term
     is zero before training and only the energy term moves the split."""
 
+    learned = True
+
     def __init__(self, in_chans: int = 3, width: int = 16):
-        super().__init__()
+        super().__init__(in_chans, 3 * in_chans)
         self.in_chans = in_chans
-        self.out_chans = in_chans
         self.encoder = HalfResolutionEncoder(in_chans, width)
         self.decoder = HalfResolutionDecoder(in_chans, width)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         return self.encoder(x)
 
-    def reconstruct(self, il: Tensor, ih: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
-        return self.decoder(il, ih, size)
+    @torch.jit.unused
+    def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
+        return self.decoder(low, high, size)

@@ -26,9 +26,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-__all__ = ['LabelMappingError', 'UnreadableImageError', 'format_rows', 'read_image', 'eval_transform', 'to_unit_range', 'eval_folder', 'evaluate', 'label_mapping', 'gaussian_noise']
+__all__ = ['check_image_folder', 'per_class_subset', 'LabelMappingError', 'UnreadableImageError', 'format_rows', 'read_image', 'eval_transform', 'to_unit_range', 'eval_folder', 'evaluate', 'label_mapping', 'gaussian_noise']
 
 
 class LabelMappingError(ValueError):
@@ -92,12 +93,37 @@ class _Indexed(Dataset):
         return self.transform(img), target, i
 
 
+def check_image_folder(root: Union[str, Path]) -> Path:
+    """Fail with a message that names the problem: a missing root, no classes, an empty class."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f'data root {str(root)!r} does not exist or is not a directory')
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f'data root {str(root)!r} has no class folders (expected ROOT/<class>/<image>)')
+    for c in classes:
+        if not any(has_file_allowed_extension(f.name, IMG_EXTENSIONS) for f in c.rglob('*') if f.is_file()):
+            raise ValueError(f'class folder {str(c)!r} has no images ({", ".join(IMG_EXTENSIONS)})')
+    return root
+
+
+def per_class_subset(dataset: Dataset, max_per_class: Optional[int]) -> Dataset:
+    """The first ``max_per_class`` images of each class, in file order (deterministic)."""
+    if not max_per_class:
+        return dataset
+    seen = torch.zeros(len(dataset.classes), dtype=torch.long)
+    keep = []
+    for i, target in enumerate(dataset.targets):
+        if seen[target] < max_per_class:
+            seen[target] += 1
+            keep.append(i)
+    return Subset(dataset, keep)
+
+
 def eval_folder(root: Union[str, Path]):
-    """The ImageFolder at ``root``, checked once (``timm_wae.data.check_image_folder``); pass it to
+    """The ImageFolder at ``root``, checked once (:func:`check_image_folder`); pass it to
     :func:`evaluate` for several models instead of the path."""
     from torchvision.datasets import ImageFolder
-
-    from .data import check_image_folder
     return ImageFolder(str(check_image_folder(root)), loader=read_image)
 
 
@@ -180,8 +206,6 @@ def evaluate(
         cannot read.
     """
     import timm.data
-
-    from .data import per_class_subset
 
     levels = [float(v) for v in noise]
     bad = [v for v in levels if not math.isfinite(v) or v < 0]

@@ -21,6 +21,8 @@ from safetensors.torch import load_file
 from timm.models import save_for_hf
 from torch import nn
 
+from .wrapper import WAEWrapper, upgrade_state_dict
+
 __all__ = ['WeightsError', 'HubUnavailableError', 'save_pretrained', 'push_to_hub', 'push_model',
            'load_weights', 'check_state_dict', 'timm_filter', 'create_model', 'translate_hub_errors', 'model_card_text']
 
@@ -57,6 +59,8 @@ def check_state_dict(
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     source = source or _source(cfg)
     arch = cfg.get('architecture', type(model).__name__)
+    if isinstance(model, WAEWrapper):  # files saved before the front end's rename load too
+        state_dict = upgrade_state_dict(dict(state_dict))
     expected = model.state_dict()
     new_classes = getattr(model, 'num_classes', None) != cfg.get('num_classes')
     skip = _classifier_keys(cfg) if adapting and new_classes else set()
@@ -229,11 +233,21 @@ def save_pretrained(
         folder: Union[str, Path],
         model_card: Optional[Mapping[str, Any]] = None,
         data_config: Optional[Dict[str, Any]] = None,
+        pretrained_cfg: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write config.json (architecture, num_classes, model args, pretrained cfg), model.safetensors
-    and a README.md model card into ``folder``, as ``push_to_hf_hub`` would upload them."""
+    and a README.md model card into ``folder``, as ``push_to_hf_hub`` would upload them.
+
+    ``pretrained_cfg`` adds entries to the saved cfg (the recipes' ``label_names``) without touching
+    the model's. A ``WAEWrapper`` saved as the generic ``wae`` architecture records every model
+    argument, since that name implies none; a registered name records what timm recorded.
+    """
     folder = Path(folder)
-    save_for_hf(model, folder, safe_serialization=True, data_config=data_config)
+    model_args = None
+    if isinstance(model, WAEWrapper) and model.pretrained_cfg.get('architecture') == 'wae':
+        model_args = model.model_args
+    save_for_hf(model, folder, model_config={'pretrained_cfg': dict(pretrained_cfg or {})}, model_args=model_args,
+                safe_serialization=True, data_config=data_config)
     (folder / WEIGHTS_NAME).chmod(0o644)  # safetensors writes 0600; a model is meant to be shared
     (folder / 'README.md').write_text(model_card_text(model, model_card), encoding='utf-8')
     return folder
@@ -280,8 +294,9 @@ def create_model(spec: str, pretrained: bool = True, **kwargs: Any) -> nn.Module
             raise WeightsError(f'{config_file} names architecture {arch!r}, which is not a registered model')
         args = dict(config.get('model_args', {}), num_classes=config.get('num_classes'))
         args.update(kwargs)
-        model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=config.get('pretrained_cfg'),
-                                  **args)
+        # the architecture names its own layers (folders saved before the front end's rename name old ones)
+        overlay = {k: v for k, v in (config.get('pretrained_cfg') or {}).items() if k not in ('first_conv', 'classifier')}
+        model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=overlay, **args)
         if pretrained:
             weights = path / WEIGHTS_NAME
             legacy = path / 'pytorch_model.bin'  # timm's save_for_hf default; read with weights_only

@@ -6,7 +6,6 @@ are described as data, as torchvision does it. The weights themselves come throu
 download, into the Hugging Face cache.
 """
 import sys
-from enum import Enum
 from functools import partial
 from typing import Any, Callable, Dict, Optional
 

@@ -8,7 +8,8 @@ of the same input beside them). What is computed:
 * ``IL, IH = model.decompose(x)``: the sub-images **before** the standardising BatchNorm.
 * **Energy share of IH** = sum(IH²) / (sum(IL²) + sum(IH²)) over all pixels and channels of the
   un-standardised sub-images (the quantity the transform loss pushes down).
-* **Reconstruction** (front ends 'wae', 'wae2': the decoder; 'dwt97', 'haar': the inverse DWT; 'resize': none) is
+* **Reconstruction** (``front_end.reconstruct``: the learned WAEs' decoders, the wavelets' inverse; none for
+  the resize front end, which cannot) is
   de-normalised (``I' * std + mean``) and clamped to [0, 1], and its **PSNR** is
   10·log10(1 / MSE) against ``x01`` (peak 1, all channels).
 * ``compare``: the single-level periodized CDF 9/7 DWT (``timm_wae.wavelets.dwt2``) of the same
@@ -52,14 +53,15 @@ def stretch(t: Tensor) -> Tensor:
     return ((t - lo) / (hi - lo)).float() if hi > lo else torch.zeros_like(t, dtype=torch.float32)
 
 
-def _details_magnitude(details: Tensor) -> Tensor:
+def _details_magnitude(high: Tensor) -> Tensor:
     """|cH|+|cV|+|cD| per colour channel: [3C, H, W] (pywt order per channel) -> [C, H, W]."""
-    c3, h, w = details.shape
-    return details.abs().reshape(c3 // 3, 3, h, w).sum(1)
+    c3, h, w = high.shape
+    return high.abs().reshape(c3 // 3, 3, h, w).sum(1)
 
 
 def _has_decomposition(model: nn.Module) -> bool:
-    return callable(getattr(model, 'decompose', None)) and hasattr(model, 'front_end_name')
+    from .front_ends import FrontEnd
+    return callable(getattr(model, 'decompose', None)) and isinstance(getattr(model, 'front_end', None), FrontEnd)
 
 
 @torch.inference_mode()
@@ -72,7 +74,7 @@ def decompose_image(model: nn.Module, x01: Tensor, mean: Sequence[float], std: S
     ``dwt_energy_share``).
     """
     if not _has_decomposition(model):
-        raise ValueError('the model has no WAE front end (decompose() and front_end_name): visualize needs a '
+        raise ValueError('the model has no WAE front end (decompose() and a FrontEnd): visualize needs a '
                          'WAE model such as wae_resnet18 or a WAEWrapper checkpoint')
     device = next(model.parameters()).device
     from .evaluate import to_unit_range
@@ -85,26 +87,22 @@ def decompose_image(model: nn.Module, x01: Tensor, mean: Sequence[float], std: S
         'input': x01.cpu(), 'low': stretch(low[0].cpu()), 'high': None, 'recon': None,
         'dwt_ca': None, 'dwt_details': None,
         'energy_share': energy_share(low, high), 'psnr_db': None, 'dwt_energy_share': None,
-        'front_end': model.front_end_name,
+        'front_end': model.model_args['front_end'], 'low_name': model.front_end.low_name,
     }
     if high is not None:
         h = high[0]
         out['high'] = stretch((_details_magnitude(h) if h.shape[0] > 3 else h).cpu())
-    recon = None
-    if hasattr(model.wae, 'reconstruct') and high is not None:  # the learned WAEs' decoders
-        recon = model.wae.reconstruct(low, high, x.shape[-2:])
-    elif hasattr(model.wae, 'inverse') and high is not None:  # the fixed wavelets
-        recon = model.wae.inverse(low, high)[..., :x.shape[-2], :x.shape[-1]]
-    if recon is not None:
+    if model.front_end.can_reconstruct:
+        recon = model.front_end.reconstruct(low, high, x.shape[-2:])
         r01 = (recon[0] * std_t + mean_t).clamp(0, 1)
         out['recon'] = r01.cpu()
         out['psnr_db'] = psnr(r01, x01)
     if compare:
         from .wavelets import dwt2
-        ca, details = dwt2(x)
-        out['dwt_ca'] = stretch(ca[0].cpu())
-        out['dwt_details'] = stretch(_details_magnitude(details[0]).cpu())
-        out['dwt_energy_share'] = energy_share(ca, details)
+        dwt_low, dwt_high = dwt2(x)
+        out['dwt_ca'] = stretch(dwt_low[0].cpu())
+        out['dwt_details'] = stretch(_details_magnitude(dwt_high[0]).cpu())
+        out['dwt_energy_share'] = energy_share(dwt_low, dwt_high)
     return out
 
 
@@ -113,10 +111,9 @@ def _panels(d: Dict[str, Any], name: str) -> List[tuple]:
     share = d['energy_share']
     share_txt = f'\nenergy share {100 * share:.2f}%' if share is not None else ''
     psnr_txt = ('inf' if math.isinf(d['psnr_db']) else f"{d['psnr_db']:.2f}") if d['psnr_db'] is not None else None
-    low_name = {'dwt97': 'IL = cA', 'resize': 'IL = resized'}.get(d['front_end'], 'IL')
     panels = [
         (f'input\n{name}', d['input']),
-        (f'{low_name} (min-max stretched)', d['low']),
+        (f"{d['low_name']} (min-max stretched)", d['low']),
         (f'IH (min-max stretched){share_txt}' if d['high'] is not None else 'IH: none (no IH branch)', d['high']),
         (f'reconstruction\nPSNR {psnr_txt} dB' if psnr_txt else 'reconstruction: none (no decoder)', d['recon']),
     ]
@@ -180,8 +177,8 @@ def visualize(
     if not images:
         raise ValueError('no images given')
     if not _has_decomposition(model):
-        raise ValueError(f'model {model_name or type(model).__name__!r} has no WAE front end (decompose() and '
-                         f'front_end_name): visualize needs a WAE model such as wae_resnet18 or a WAEWrapper checkpoint')
+        raise ValueError(f'model {model_name or type(model).__name__!r} has no WAE front end (decompose() and a '
+                         f'FrontEnd): visualize needs a WAE model such as wae_resnet18 or a WAEWrapper checkpoint')
     model = model.eval()
     data_config = dict(timm.data.resolve_model_data_config(model))
     if img_size:

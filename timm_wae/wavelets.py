@@ -12,7 +12,9 @@ from typing import Optional, Tuple
 import pywt
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from .front_ends import FrontEnd
 
 __all__ = ["DWT97", "HaarDWT", "dwt2", "idwt2", "haar_matrix", "pad_to_even"]
 
@@ -67,20 +69,20 @@ def _analysis(x: Tensor, bank: Tensor) -> Tuple[Tensor, Tensor]:
     return out[:, :, 0], out[:, :, 1:].reshape(b, 3 * c, h // 2, w // 2)
 
 
-def _synthesis(ca: Tensor, details: Tensor, bank: Tensor) -> Tensor:
-    _check_image(ca, "idwt2 (ca)")
-    _check_image(details, "idwt2 (details)")
-    b, c, h, w = ca.shape
-    if details.shape != (b, 3 * c, h, w):
+def _synthesis(low: Tensor, high: Tensor, bank: Tensor) -> Tensor:
+    _check_image(low, "idwt2 (low)")
+    _check_image(high, "idwt2 (high)")
+    b, c, h, w = low.shape
+    if high.shape != (b, 3 * c, h, w):
         raise ValueError(
-            f"idwt2: details must have shape (B, 3C, H, W) = {[b, 3 * c, h, w]} for ca of shape "
-            f"{list(ca.shape)}, got {list(details.shape)}"
+            f"idwt2: high must have shape (B, 3C, H, W) = {[b, 3 * c, h, w]} for low of shape "
+            f"{list(low.shape)}, got {list(high.shape)}"
         )
     if h < 2 or w < 2:
         raise ValueError(f"idwt2: coefficients need H and W of at least 2, got H={h}, W={w}")
-    coeffs = torch.cat([ca.unsqueeze(2), details.reshape(b, c, 3, h, w)], dim=2)
+    coeffs = torch.cat([low.unsqueeze(2), high.reshape(b, c, 3, h, w)], dim=2)
     coeffs = F.pad(coeffs.reshape(b, 4 * c, h, w), [2, 2, 2, 2], mode="circular")
-    weight = bank.to(ca).repeat(c, 1, 1, 1)
+    weight = bank.to(low).repeat(c, 1, 1, 1)
     out = F.conv_transpose2d(coeffs, weight, stride=2, padding=7, groups=c)
     return out[..., : 2 * h, : 2 * w]  # the transposed conv yields one extra row and column
 
@@ -88,42 +90,48 @@ def _synthesis(ca: Tensor, details: Tensor, bank: Tensor) -> Tensor:
 def dwt2(x: Tensor) -> Tuple[Tensor, Tensor]:
     """One level of the periodized CDF 9/7 DWT of ``x`` [B, C, H, W] (H, W even, >= 4).
 
-    Returns ``(ca, details)``: ``ca`` is [B, C, H/2, W/2]; ``details`` is [B, 3C, H/2, W/2]
+    Returns ``(low, high)``: ``low`` (cA) is [B, C, H/2, W/2]; ``high`` (the details) is [B, 3C, H/2, W/2]
     with channels ``3c, 3c+1, 3c+2`` holding pywt's cH, cV, cD of input channel ``c``.
     Filters are moved to ``x``'s device on each call; ``DWT97`` keeps them there instead.
     """
     return _analysis(x, _ANALYSIS)
 
 
-def idwt2(ca: Tensor, details: Tensor) -> Tensor:
-    """Invert ``dwt2``: rebuild [B, C, 2H, 2W] from ``ca`` [B, C, H, W] and ``details`` [B, 3C, H, W]."""
-    return _synthesis(ca, details, _SYNTHESIS)
+def idwt2(low: Tensor, high: Tensor) -> Tensor:
+    """Invert ``dwt2``: rebuild [B, C, 2H, 2W] from ``low`` [B, C, H, W] and ``high`` [B, 3C, H, W]."""
+    return _synthesis(low, high, _SYNTHESIS)
 
 
-class DWT97(nn.Module):
-    """Fixed CDF 9/7 DWT as a module, for the paper's Wavelet+CNN baseline.
+class DWT97(FrontEnd):
+    """Fixed CDF 9/7 DWT as a front end, for the paper's Wavelet+CNN baseline.
 
-    The baseline feeds ``ca`` to the full-width network and the three detail bands to the
-    quarter-width branch. Nothing is learned: the filters are non-persistent buffers, so
+    The baseline feeds cA (``low``) to the full-width network and the three detail bands of each
+    channel (``high``) to the quarter-width branch. Nothing is learned: the filters are non-persistent buffers, so
     they follow ``.to()`` but stay out of ``state_dict`` and ``parameters()``.
     """
 
     analysis_bank: Tensor
     synthesis_bank: Tensor
+    low_name = 'IL = cA'
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, in_chans: int = 3) -> None:
+        super().__init__(in_chans, 3 * in_chans)
         dtype = torch.get_default_dtype()
         self.register_buffer("analysis_bank", _ANALYSIS.to(dtype), persistent=False)
         self.register_buffer("synthesis_bank", _SYNTHESIS.to(dtype), persistent=False)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Return ``(ca, details)`` exactly as ``dwt2``."""
+        """Return ``(low, high)`` exactly as ``dwt2``."""
         return _analysis(x, self.analysis_bank)
 
-    def inverse(self, ca: Tensor, details: Tensor) -> Tensor:
+    def inverse(self, low: Tensor, high: Tensor) -> Tensor:
         """Rebuild the input from ``forward``'s output, exactly as ``idwt2``."""
-        return _synthesis(ca, details, self.synthesis_bank)
+        return _synthesis(low, high, self.synthesis_bank)
+
+    @torch.jit.unused
+    def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
+        out = self.inverse(low, high)
+        return out if size is None else out[..., :size[0], :size[1]]
 
 
 def haar_matrix(channels: int) -> Tensor:
@@ -156,7 +164,7 @@ def pad_to_even(x: Tensor) -> Tensor:
     return x
 
 
-class HaarDWT(nn.Module):
+class HaarDWT(FrontEnd):
     """Fixed orthonormal Haar DWT: a 2x2 block transform, the cheapest wavelet front end.
 
     ``forward`` equals ``pywt.dwt2(x, 'haar', mode='symmetric')`` per channel (any H, W >= 2; odd
@@ -165,9 +173,10 @@ class HaarDWT(nn.Module):
     """
 
     matrix: Tensor
+    low_name = 'IL = cA'
 
     def __init__(self, in_chans: int = 3) -> None:
-        super().__init__()
+        super().__init__(in_chans, 3 * in_chans)
         self.in_chans = in_chans
         self.register_buffer("matrix", haar_matrix(in_chans).to(torch.get_default_dtype()), persistent=False)
 
@@ -177,8 +186,9 @@ class HaarDWT(nn.Module):
         y = F.conv2d(F.pixel_unshuffle(pad_to_even(x), 2), self.matrix.to(x.dtype)[:, :, None, None])
         return y[:, :c], y[:, c:]
 
-    def inverse(self, ca: Tensor, details: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
+    @torch.jit.unused
+    def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
         """Rebuild the image; ``size`` (the input's H, W) trims the row / column an odd size added."""
-        y = torch.cat([ca, details], dim=1)
+        y = torch.cat([low, high], dim=1)
         out = F.pixel_shuffle(F.conv2d(y, self.matrix.to(y.dtype).t()[:, :, None, None]), 2)
         return out if size is None else out[..., : size[0], : size[1]]

@@ -7,7 +7,6 @@
 The paper averages the two scores; the authors' released model sums them (same argmax).
 """
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -18,18 +17,19 @@ from timm.layers import ClassifierHead
 from timm.models.vgg import ConvMlp
 from torch import Tensor, nn
 
-from .autoencoder import TransformLoss, TransformLossTerms, check_image
-from .baselines import LEARNED_FRONT_ENDS, create_front_end
+from .autoencoder import check_image
+from .front_ends import create_front_end
 from .shrink import shrink_width
 
-__all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp', 'wae_layer_names', 'widen_first_conv']
+__all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp', 'wae_layer_names', 'widen_first_conv',
+           'upgrade_state_dict']
 
 
 @dataclass
 class WAEOutput:
     """Everything a training step needs from one forward pass."""
     logits: Tensor                      # sL + sc, what forward() returns
-    logits_il: Tensor                   # sL, from the backbone's own head on fL
+    logits_low: Tensor                   # sL, from the backbone's own head on fL
     logits_fused: Optional[Tensor]      # sc, from the fusion head on concat(fL, fH); None without IH
     low: Tensor                         # IL before standardisation
     high: Optional[Tensor]              # IH before standardisation (made even when use_ih=False)
@@ -143,9 +143,25 @@ def wae_layer_names(backbone_cfg: Dict[str, Any], front_end: str = 'wae', fusion
     """
     inner = backbone_cfg.get('classifier') or 'head.fc'
     classifier = f'backbone.{inner if isinstance(inner, str) else inner[0]}'
-    first_conv = {'wae': 'wae.encoder.stem.0', 'wae2': 'wae.encoder.analysis'}.get(
+    first_conv = {'wae': 'front_end.encoder.stem.0', 'wae2': 'front_end.encoder.analysis'}.get(
         front_end, f'backbone.{backbone_cfg.get("first_conv", "")}')
     return dict(first_conv=first_conv, classifier=(classifier, 'fusion_head.head.fc') if fusion_head else classifier)
+
+
+# Keys saved by timm_wae 0.1, whose front end was the attribute ``wae``: renamed as they load.
+LEGACY_PREFIXES = {'wae.': 'front_end.'}
+
+
+def upgrade_state_dict(state_dict: Dict[str, Tensor], prefix: str = '') -> Dict[str, Tensor]:
+    """Rename a WAE model's legacy keys (under ``prefix``) in place; returns the same dict."""
+    for old, new in LEGACY_PREFIXES.items():
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+    return state_dict
+
+
+def _upgrade_hook(module: nn.Module, state_dict: Dict[str, Tensor], prefix: str, *args: Any) -> None:
+    upgrade_state_dict(state_dict, prefix)
 
 
 def _for_branches(pattern: str, branches: Tuple[str, ...]) -> str:
@@ -172,7 +188,6 @@ class WAEWrapper(nn.Module):
             weights at first, so a trained backbone starts as it was on IL); no second network.
         width_divisor: the IH branch's widths are the backbone's divided by this (4 in the paper).
         standardize: non-affine BatchNorm on IL and IH before the networks, as the released model.
-        energy_weight: λ of the transform loss on per-element means (0.25 = the paper's λ=1 on sums).
         fusion_hidden: width of the fusion MLP for VGG-style heads (default: the backbone's).
         drop_rate: dropout of the fusion head.
         wae_width: channels inside the WAE (16 in the paper).
@@ -180,7 +195,7 @@ class WAEWrapper(nn.Module):
         pretrained_backbone: start the backbone from timm's pretrained weights (when a name).
     """
 
-    __jit_unused_properties__ = ['first_conv', 'feature_info']  # TorchScript: metadata, not the forward
+    __jit_unused_properties__ = ['first_conv', 'feature_info', 'model_args']  # TorchScript: metadata
 
     def __init__(
             self,
@@ -192,7 +207,6 @@ class WAEWrapper(nn.Module):
             ih_fusion: str = 'branch',
             width_divisor: int = 4,
             standardize: bool = True,
-            energy_weight: float = 0.25,
             fusion_hidden: Optional[int] = None,
             drop_rate: float = 0.,
             wae_width: int = 16,
@@ -203,8 +217,8 @@ class WAEWrapper(nn.Module):
         backbone_kwargs = dict(backbone_kwargs or {})
         if ih_fusion not in ('branch', 'stem'):
             raise ValueError(f"unknown ih_fusion {ih_fusion!r}; expected 'branch' or 'stem'")
-        self.front_end_name = front_end
-        self.wae, low_chans, high_chans = create_front_end(front_end, in_chans, wae_width)
+        self.front_end = create_front_end(front_end, in_chans, wae_width)
+        low_chans, high_chans = self.front_end.low_chans, self.front_end.high_chans
         use_ih = use_ih and high_chans > 0
         if isinstance(backbone, str):
             if num_classes is not None:
@@ -236,7 +250,6 @@ class WAEWrapper(nn.Module):
         self.norm_low = nn.BatchNorm2d(low_chans, affine=False) if standardize else nn.Identity()
         self.norm_high = nn.BatchNorm2d(high_chans, affine=False) if standardize and use_ih else nn.Identity()
         self.ih_into_stem = use_stem
-        self.transform_loss = TransformLoss(energy_weight)
 
         self.low_features = backbone.num_features
         self.high_features = 0
@@ -266,19 +279,21 @@ class WAEWrapper(nn.Module):
             self.fusion_head.num_features if self.fusion_head is not None else 0)
 
         self._feature_info = None  # List[Dict] made on first use (feature_info)
-        arch = _backbone_name(backbone)
-        self.derived_cfg = self._derive_cfg(getattr(backbone, 'pretrained_cfg', {}))
-        self.pretrained_cfg = dict(self.derived_cfg)
-        # JSON-only reconstruction arguments: save_for_hf records them and
-        # create_model('wae', **model_args) rebuilds the same architecture.
-        self.model_args = dict(
-            backbone=arch, num_classes=self.num_classes, in_chans=in_chans, front_end=front_end,
-            use_ih=use_ih, ih_fusion=ih_fusion, width_divisor=width_divisor, standardize=standardize,
-            energy_weight=energy_weight, fusion_hidden=fusion_hidden, drop_rate=drop_rate,
-            wae_width=wae_width,
+        # the cfg of a wrapper built directly; timm's builder replaces it with the registered one
+        self.pretrained_cfg = self._derive_cfg(getattr(backbone, 'pretrained_cfg', {}), front_end)
+        self._arch_args = dict(
+            backbone=_backbone_name(backbone), in_chans=in_chans, front_end=front_end, use_ih=use_ih,
+            ih_fusion=ih_fusion, width_divisor=width_divisor, standardize=standardize, fusion_hidden=fusion_hidden,
+            drop_rate=drop_rate, wae_width=wae_width,
             backbone_kwargs={k: v for k, v in backbone_kwargs.items() if k != 'num_classes'},
         )
-        self._model_args = dict(self.model_args)
+        self.register_load_state_dict_pre_hook(_upgrade_hook)
+
+    @property
+    def model_args(self) -> Dict[str, Any]:
+        """Every argument of the architecture, JSON-serialisable: ``create_model('wae', **model_args)``
+        rebuilds it (what a generic ``wae`` model saves as its config.json's model args)."""
+        return dict(self._arch_args, num_classes=self.num_classes)
 
     # ------------------------------------------------------------------ config helpers
     def _pool_type(self) -> str:
@@ -288,25 +303,25 @@ class WAEWrapper(nn.Module):
         pool = getattr(pool, 'pool_type', pool) or getattr(self.backbone, 'global_pool', 'avg')
         return pool if isinstance(pool, str) and pool else 'avg'
 
-    def _derive_cfg(self, backbone_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    def _derive_cfg(self, backbone_cfg: Dict[str, Any], front_end: str) -> Dict[str, Any]:
         """The backbone's data config (the WAE sees the full-size image), this model's layer names."""
         keep = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license')
         cfg = {k: v for k, v in backbone_cfg.items() if k in keep}
         cfg.setdefault('input_size', (self.in_chans, 224, 224))
         cfg.update(architecture='wae', num_classes=self.num_classes, pool_size=None,
-                   **wae_layer_names(backbone_cfg, self.front_end_name, self.fusion_head is not None))
+                   **wae_layer_names(backbone_cfg, front_end, self.fusion_head is not None))
         return cfg
 
     @property
     def first_conv(self) -> str:
-        return self.derived_cfg['first_conv']
+        return self.pretrained_cfg['first_conv']
 
     # ------------------------------------------------------------------ timm model contract
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         inner = self.backbone.group_matcher(coarse)
         branches = ('backbone', 'ih_branch') if self.ih_branch is not None else ('backbone',)
-        matcher = {'stem': rf'^wae|^norm_|{_for_branches(inner["stem"], branches)}'}
+        matcher = {'stem': rf'^front_end|^norm_|{_for_branches(inner["stem"], branches)}'}
         blocks = inner.get('blocks')
         if isinstance(blocks, str):
             matcher['blocks'] = _for_branches(blocks, branches)
@@ -340,7 +355,7 @@ class WAEWrapper(nn.Module):
             self.backbone.reset_classifier(num_classes, global_pool)
         if self.fusion_head is not None:
             self.fusion_head.reset(num_classes, global_pool)
-        self.num_classes = self.model_args['num_classes'] = num_classes
+        self.num_classes = num_classes
 
     # ------------------------------------------------------------------ feature pyramid (features_only)
     @property
@@ -421,7 +436,7 @@ class WAEWrapper(nn.Module):
         check_image(x, self.in_chans)
         if not torch.jit.is_scripting():
             self._check_dtype(x)
-        return self.wae(x)
+        return self.front_end(x)
 
     @torch.jit.unused
     def _check_dtype(self, x: Tensor) -> None:
@@ -479,11 +494,7 @@ class WAEWrapper(nn.Module):
         low, high = self.decompose(x)
         s_low, s_fused = self._heads(self._features(low, high))
         logits = s_low if s_fused is None else s_low + s_fused
-        recon = None
-        if reconstruct:
-            if self.front_end_name not in LEARNED_FRONT_ENDS:
-                raise ValueError(f'front_end {self.front_end_name!r} has no decoder to reconstruct with')
-            recon = self.wae.reconstruct(low, high, x.shape[-2:])
+        recon = self.front_end.reconstruct(low, high, x.shape[-2:]) if reconstruct else None
         return WAEOutput(logits, s_low, s_fused, low, high, recon)
 
     # ------------------------------------------------------------------ losses
@@ -492,11 +503,5 @@ class WAEWrapper(nn.Module):
             criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     ) -> Tensor:
         """Lc = CE(sL) + CE(sc), the paper's eq. 7 applied to both scores."""
-        loss = criterion(out.logits_il, target)
+        loss = criterion(out.logits_low, target)
         return loss if out.logits_fused is None else loss + criterion(out.logits_fused, target)
-
-    def compute_transform_loss(self, x: Tensor, out: WAEOutput) -> TransformLossTerms:
-        """Lt = lr + λ·le on an output made with ``forward_train(x, reconstruct=True)``."""
-        if out.recon is None:
-            raise ValueError('the transform loss needs forward_train(x, reconstruct=True)')
-        return self.transform_loss(x, out.recon, out.high)

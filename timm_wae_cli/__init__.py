@@ -19,7 +19,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import bench, common, evaluate, push, train, visualize
+from . import bench, evaluate, push, train, visualize
 from .common import PROG, CLIError
 
 COMMANDS = (bench, evaluate, visualize, push, train)
@@ -77,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=fmt, epilog=EPILOG,
-        description=common.wrap('Wavelet-like Auto-Encoder (Chen et al., AAAI 2018) models and their timm '
-                                'baselines: benchmark, evaluate, visualise, publish, train.'))
+        description='Wavelet-like Auto-Encoder (Chen et al., AAAI 2018) models and their timm baselines: '
+                    'benchmark, evaluate, visualise, publish, train.')
     parser.add_argument('--version', action=_Version, help="show the program's version number and exit")
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for command in COMMANDS:
-        command.add_parser(sub, fmt)
+        command.add_parser(sub, fmt).set_defaults(run=command.run)
     return parser
 
 

@@ -9,14 +9,13 @@ from typing import Any, Dict, Optional
 from . import common
 
 
-def add_parser(sub, fmt) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        'bench', formatter_class=fmt, help='latency, throughput, params and MACs; WAE speed-up vs its backbone',
-        description=common.wrap('Time MODELs interleaved call by call (median and p90 after warm-up); each WAE model is '
+def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentParser:
+    p = common.add_command(
+        sub, fmt, 'bench', help='latency, throughput, params and MACs; WAE speed-up vs its backbone',
+        description='Time MODELs interleaved call by call (median and p90 after warm-up); each WAE model is '
                     'compared with its own backbone (timm.create_model(backbone architecture)), timed in the '
-                    'same loop. Prints a Markdown table; --json writes the same numbers.'),
-        epilog='example:\n  timm-wae bench wae_resnet50 --batch-sizes 1,8 --dtypes fp32,bf16 --channels-last both '
-               '--json bench.json')
+                    'same loop. Prints a Markdown table; --json writes the same numbers.',
+        examples=['timm-wae bench wae_resnet50 --batch-sizes 1,8 --dtypes fp32,bf16 --channels-last both --json bench.json'])
     p.add_argument('models', nargs='+', metavar='MODEL')
     p.add_argument('--batch-sizes', type=common.int_list, default=[1, 8], metavar='B,..', help='default: 1,8')
     p.add_argument('--dtypes', type=common.str_list(('fp32', 'bf16', 'fp16')), default=['fp32'], metavar='D,..',
@@ -40,7 +39,6 @@ def add_parser(sub, fmt) -> argparse.ArgumentParser:
     p.add_argument('--pretrained', action='store_true', help='load weights (not needed for timing)')
     p.add_argument('--json', metavar='FILE', help="write the results as JSON ('-' for stdout)")
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
-    p.set_defaults(run=run)
     return p
 
 

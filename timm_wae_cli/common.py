@@ -54,14 +54,19 @@ def str_list(choices: Sequence[str]):
     return parse
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected an integer, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {value}')
-    return value
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected an integer, got {text!r}') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'expected an integer >= {minimum}, got {value}')
+        return value
+    return parse
+
+
+positive_int, non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def img_size(text: str):
@@ -73,19 +78,14 @@ def img_size(text: str):
         raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'native', got {text!r}") from None
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected an integer, got {text!r}') from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {value}')
-    return value
-
-
-def wrap(text: str) -> str:
+def add_command(sub: argparse._SubParsersAction, fmt: type, name: str, help: str, description: str,
+                examples: Sequence[str]) -> argparse.ArgumentParser:
+    """A subcommand's parser: a one-line ``help`` for ``timm-wae --help``, the wrapped ``description``
+    and its example command lines for ``timm-wae NAME --help``."""
     import textwrap
-    return textwrap.fill(text, 100)
+    epilog = ('examples:' if len(examples) > 1 else 'example:') + ''.join(f'\n  {e}' for e in examples)
+    return sub.add_parser(name, formatter_class=fmt, help=help, description=textwrap.fill(description, 100),
+                          epilog=epilog)
 
 
 def model_options(p: argparse.ArgumentParser) -> None:
@@ -166,7 +166,8 @@ def load_model(spec: str, pretrained: bool, checkpoint: Optional[str] = None, **
 
 def is_wae_model(model) -> bool:
     """A WAEWrapper-like model: a WAE front end and a backbone to compare it with."""
-    return hasattr(model, 'backbone') and hasattr(model, 'front_end_name')
+    from timm_wae import FrontEnd
+    return hasattr(model, 'backbone') and isinstance(getattr(model, 'front_end', None), FrontEnd)
 
 
 def device(name: str):

@@ -7,18 +7,17 @@ from typing import Any, Dict, List, Optional
 from . import common
 
 
-def add_parser(sub, fmt) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        'eval', formatter_class=fmt, help='top-1/top-5 error on an ImageFolder, clean and with Gaussian noise',
-        description=common.wrap("Top-1 and top-5 error on ROOT/<class>/<image> with the model's own eval transform. "
+def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentParser:
+    p = common.add_command(
+        sub, fmt, 'eval', help='top-1/top-5 error on an ImageFolder, clean and with Gaussian noise',
+        description="Top-1 and top-5 error on ROOT/<class>/<image> with the model's own eval transform. "
                     '--noise gives VARIANCES V of zero-mean Gaussian noise added to the image in [0, 1] '
                     '(std = sqrt(V)), clamped to [0, 1] unless --no-clamp, then normalised with the data '
                     "config's mean/std: one row per level (the paper's Table 7). The noise of each image is "
                     'fixed by --seed and its index, the same field scaled for every level. Folder classes map to '
                     "model outputs by the model's label names (the recipes record them), else by sorted index "
-                    'when the counts match, else by WordNet id for ImageNet models (e.g. Imagenette folders).'),
-        epilog='example:\n  timm-wae eval wae_resnet18.imagenette --data data/imagenette160/val '
-               '--noise 0,0.01,0.02,0.05,0.1 --json noise.json')
+                    'when the counts match, else by WordNet id for ImageNet models (e.g. Imagenette folders).',
+        examples=['timm-wae eval wae_resnet18.imagenette --data data/imagenette160/val --noise 0,0.01,0.02,0.05,0.1 --json noise.json'])
     p.add_argument('models', nargs='+', metavar='MODEL')
     p.add_argument('--data', required=True, metavar='ROOT', help='ImageFolder split: ROOT/<class>/<image>')
     p.add_argument('--noise', type=common.float_list, default=[0.0], metavar='V,..',
@@ -36,7 +35,6 @@ def add_parser(sub, fmt) -> argparse.ArgumentParser:
     common.model_options(p)
     p.add_argument('--json', metavar='FILE', help="write the rows as JSON ('-' for stdout)")
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
-    p.set_defaults(run=run)
     return p
 
 

@@ -7,17 +7,16 @@ from pathlib import Path
 from . import common
 
 
-def add_parser(sub, fmt) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        'push', formatter_class=fmt, help='upload a model folder to the Hugging Face Hub',
-        description=common.wrap('Upload FOLDER (config.json + model.safetensors + README.md) to the Hub repo owner/name '
-                    '(created if needed) with timm_wae.hub.push_to_hub. Honours HF_TOKEN and HF_ENDPOINT.'),
-        epilog='example:\n  timm-wae push runs/try/stage3/model me/wae_resnet18.imagenette')
+def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentParser:
+    p = common.add_command(
+        sub, fmt, 'push', help='upload a model folder to the Hugging Face Hub',
+        description='Upload FOLDER (config.json + model.safetensors + README.md) to the Hub repo owner/name '
+                    '(created if needed) with timm_wae.hub.push_to_hub. Honours HF_TOKEN and HF_ENDPOINT.',
+        examples=['timm-wae push runs/try/stage3/model me/wae_resnet18.imagenette'])
     p.add_argument('folder', metavar='FOLDER')
     p.add_argument('repo_id', metavar='OWNER/NAME')
     p.add_argument('--message', default='Upload timm_wae model', help='commit message')
     p.add_argument('--private', action='store_true', help='create the repo as private')
-    p.set_defaults(run=run)
     return p
 
 

@@ -11,19 +11,18 @@ from typing import Optional
 from . import common
 
 
-def add_parser(sub, fmt) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        'train', formatter_class=fmt, help='run a training recipe: accelerate launch recipes/train.py CONFIG ...',
-        description=common.wrap('A thin door to the recipes: runs `accelerate launch <repo>/recipes/train.py CONFIG '
+def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentParser:
+    p = common.add_command(
+        sub, fmt, 'train', help='run a training recipe: accelerate launch recipes/train.py CONFIG ...',
+        description='A thin door to the recipes: runs `accelerate launch <repo>/recipes/train.py CONFIG '
                     '[key=value ...]` (CONFIG may be a path or a name under recipes/configs/). Options for '
-                    'train.py itself go after "--".'),
-        epilog='examples:\n  timm-wae train recipes/configs/smoke.yaml stage2.epochs=3 output_dir=runs/try\n'
-               '  timm-wae train smoke --launcher-args "--num_processes 2 --mixed_precision bf16"')
+                    'train.py itself go after "--".',
+        examples=['timm-wae train recipes/configs/smoke.yaml stage2.epochs=3 output_dir=runs/try',
+                  'timm-wae train smoke --launcher-args "--num_processes 2 --mixed_precision bf16"'])
     p.add_argument('config', metavar='CONFIG')
     p.add_argument('overrides', nargs='*', metavar='key=value')
     p.add_argument('--launcher-args', metavar='"ARGS"', help='options for accelerate launch, as one string')
     p.add_argument('--dry-run', action='store_true', help='print the command without running it')
-    p.set_defaults(run=run)
     return p
 
 

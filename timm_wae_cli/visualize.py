@@ -6,13 +6,13 @@ from pathlib import Path
 from . import common
 
 
-def add_parser(sub, fmt) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        'visualize', formatter_class=fmt, help="IL, IH, reconstruction (and the 9/7 DWT): the paper's Figs. 3-4",
-        description=common.wrap('Per image: input, IL and IH (each min-max stretched per image), the energy share of IH '
+def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentParser:
+    p = common.add_command(
+        sub, fmt, 'visualize', help="IL, IH, reconstruction (and the 9/7 DWT): the paper's Figs. 3-4",
+        description='Per image: input, IL and IH (each min-max stretched per image), the energy share of IH '
                     '(sum IH^2 / (sum IL^2 + sum IH^2) before standardisation), and the reconstruction with its '
-                    'PSNR against the input in [0, 1]; --compare adds the 9/7 DWT cA and |cH|+|cV|+|cD|.'),
-        epilog='example:\n  timm-wae visualize wae_resnet18.imagenette --images a.jpg b.jpg --compare --out figures/')
+                    'PSNR against the input in [0, 1]; --compare adds the 9/7 DWT cA and |cH|+|cV|+|cD|.',
+        examples=['timm-wae visualize wae_resnet18.imagenette --images a.jpg b.jpg --compare --out figures/'])
     p.add_argument('model', metavar='MODEL')
     p.add_argument('--images', nargs='+', required=True, metavar='FILE')
     p.add_argument('--out', default='wae_figures', metavar='DIR|FILE.png',
@@ -22,7 +22,6 @@ def add_parser(sub, fmt) -> argparse.ArgumentParser:
     p.add_argument('--img-size', type=common.positive_int, help="override the data config's input size")
     common.model_options(p)
     p.add_argument('--json', metavar='FILE', help="write energy shares and PSNRs as JSON ('-' for stdout)")
-    p.set_defaults(run=run)
     return p
 
 
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     common.check_out_parent(args.json)
     common.check_checkpoint(args.checkpoint)
     model = common.load_model(common.check_model_spec(args.model), pretrained=args.pretrained, checkpoint=args.checkpoint)
-    if not hasattr(model, 'decompose') or not hasattr(model, 'front_end_name'):
+    if not common.is_wae_model(model):
         raise common.CLIError(f'model {args.model!r} has no WAE front end to visualise (it is not a WAEWrapper); '
                               f"try a wae_* model: `timm.list_models('wae_*')`")
     try:

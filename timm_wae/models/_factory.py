@@ -4,43 +4,45 @@ from typing import Any, Callable, Dict, Optional
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, get_pretrained_cfg
 from timm.models._builder import resolve_pretrained_cfg  # the builder's own cfg resolution
 from torch import nn
 
 from ..hub import before_download, timm_filter, translate_hub_errors
-from ..wrapper import WAEWrapper
+from ..wrapper import WAEWrapper, wae_layer_names
 
 # The Hugging Face organisation that the project's weights are published under.
 HUB_ORG = 'timm-wae'
 
 
-def wae_cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    """A pretrained cfg entry; the WAE's first conv and both classifiers are named for timm."""
+def wae_cfg(backbone: str, front_end: str = 'wae', fusion_head: bool = True, url: str = '',
+            **kwargs: Any) -> Dict[str, Any]:
+    """A pretrained cfg entry for a WAE model around ``backbone``; its first conv and classifiers are
+    named by ``wae_layer_names``, the one place those names are made."""
     return {
         'url': url,
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
         'crop_pct': 0.875, 'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'wae.encoder.stem.0', 'classifier': ('backbone.head.fc', 'fusion_head.head.fc'),
+        **wae_layer_names(get_pretrained_cfg(backbone).to_dict(), front_end, fusion_head),
         'license': 'apache-2.0',
         **kwargs,
     }
 
 
-def hub_cfgs(name: str, classifier: Any = None, imagenette: Optional[Dict[str, Any]] = None,
-             **kwargs: Any) -> Dict[str, Dict[str, Any]]:
+def hub_cfgs(name: str, backbone: str, front_end: str = 'wae', fusion_head: bool = True,
+             imagenette: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Dict[str, Dict[str, Any]]:
     """The two tags every registered model has: ImageNet-1k (default) and Imagenette (10 classes).
 
     ``imagenette`` overrides the Imagenette tag's eval transform: it must be what the recipe
     trained and evaluated with (the backbone's timm data config at 128 px).
     """
-    extra = {'classifier': classifier} if classifier else {}
+    layers = dict(backbone=backbone, front_end=front_end, fusion_head=fusion_head)
     return {
-        f'{name}.in1k': wae_cfg(hf_hub_id=f'{HUB_ORG}/{name}.in1k', **extra, **kwargs),
+        f'{name}.in1k': wae_cfg(**layers, hf_hub_id=f'{HUB_ORG}/{name}.in1k', **kwargs),
         f'{name}.imagenette': wae_cfg(
-            hf_hub_id=f'{HUB_ORG}/{name}.imagenette', num_classes=10, input_size=(3, 128, 128),
-            license='other', **extra, **dict(kwargs, **(imagenette or {}))),
+            **layers, hf_hub_id=f'{HUB_ORG}/{name}.imagenette', num_classes=10, input_size=(3, 128, 128),
+            license='other', **dict(kwargs, **(imagenette or {}))),
     }
 
 
@@ -64,11 +66,13 @@ def create_wae(
         model_fn: Callable[..., nn.Module] = WAEWrapper,
         **kwargs: Any,
 ) -> WAEWrapper:
-    """Build a registered variant; only explicit kwargs are recorded, the name implies the rest.
+    """Build a registered variant (timm.create_model records the explicit kwargs; the name implies
+    the rest).
 
     Pretrained weights are checked key by key and shape by shape before loading, and download
     failures say how to load a local file instead.
     """
+    kwargs.pop('energy_weight', None)  # λ, a loss weight, was saved as a model arg before timm_wae 0.2
     if pretrained:
         kwargs = _offline_overlay(variant, kwargs)
     if kwargs.get('features_only'):  # the pyramid comes from forward_intermediates, both networks joined
@@ -77,8 +81,5 @@ def create_wae(
             with torch.device('meta'):
                 kwargs['out_indices'] = tuple(range(len(timm.create_model(kwargs['backbone']).feature_info)))
     with translate_hub_errors(variant):
-        model = build_model_with_cfg(
+        return build_model_with_cfg(
             model_fn, variant, pretrained, pretrained_strict=True, pretrained_filter_fn=timm_filter, **kwargs)
-    if isinstance(model, WAEWrapper):  # not a features_only pyramid
-        model._model_args = {}
-    return model

@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
-from ..wrapper import WAEWrapper, wae_layer_names
+from ..wrapper import WAEWrapper
 from ._factory import create_wae, hub_cfgs
 
 IH_FUSION = 'stem'  # the default of every wae2_* model
@@ -29,7 +29,7 @@ _BACKBONES = {
 def _cfgs(name: str, backbone: str) -> Dict[str, Dict[str, Any]]:
     inner = get_pretrained_cfg(backbone).to_dict()
     transform = {k: inner[k] for k in ('interpolation', 'crop_pct')}
-    return hub_cfgs(name, imagenette=transform, **wae_layer_names(inner, 'wae2', fusion_head=IH_FUSION == 'branch'))
+    return hub_cfgs(name, backbone, 'wae2', fusion_head=IH_FUSION == 'branch', imagenette=transform)
 
 
 default_cfgs = generate_default_cfgs({

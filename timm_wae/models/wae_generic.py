@@ -10,7 +10,7 @@ from timm.models import generate_default_cfgs, get_pretrained_cfg, register_mode
 from ..wrapper import WAEWrapper, wae_layer_names
 from ._factory import create_wae, wae_cfg
 
-default_cfgs = generate_default_cfgs({'wae': wae_cfg()})
+default_cfgs = generate_default_cfgs({'wae': wae_cfg('resnet50')})  # the default backbone
 
 
 @register_model
@@ -22,7 +22,4 @@ def wae(pretrained: bool = False, backbone: str = 'resnet50', **kwargs: Any) -> 
         kwargs.get('front_end', 'wae') != 'resize'
     names = wae_layer_names(inner.to_dict() if inner else {}, kwargs.get('front_end', 'wae'), fusion_head)
     kwargs['pretrained_cfg_overlay'] = dict(names, **(kwargs.get('pretrained_cfg_overlay') or {}))
-    model = create_wae('wae', pretrained, backbone=backbone, **kwargs)
-    if isinstance(model, WAEWrapper):  # not a features_only pyramid
-        model._model_args = model.model_args  # the generic name implies nothing: record every arg
-    return model
+    return create_wae('wae', pretrained, backbone=backbone, **kwargs)

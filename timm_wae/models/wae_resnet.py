@@ -8,8 +8,7 @@ from ._factory import create_wae, hub_cfgs
 default_cfgs = generate_default_cfgs({
     tag: cfg
     for name in ('wae_resnet18', 'wae_resnet34', 'wae_resnet50')
-    for tag, cfg in hub_cfgs(name, classifier=('backbone.fc', 'fusion_head.head.fc'),
-                             imagenette=dict(interpolation='bicubic', crop_pct=0.95)).items()
+    for tag, cfg in hub_cfgs(name, name[len('wae_'):], imagenette=dict(interpolation='bicubic', crop_pct=0.95)).items()
 })
 
 

@@ -18,10 +18,10 @@ from ._factory import create_wae, hub_cfgs
 
 __all__ = ['released_vgg']
 
-default_cfgs = generate_default_cfgs({
-    **hub_cfgs('wae_vgg11'),
-    **hub_cfgs('wae_vgg16'),
-    **hub_cfgs('wae_vgg16_bn'),
+default_cfgs = generate_default_cfgs({  # the released head keeps timm's classifier name, head.fc
+    **hub_cfgs('wae_vgg11', 'vgg11'),
+    **hub_cfgs('wae_vgg16', 'vgg16'),
+    **hub_cfgs('wae_vgg16_bn', 'vgg16_bn'),
 })
 
 

@@ -1,6 +1,6 @@
-"""ImageFolder data with the checks and subsetting that training and evaluation share.
+"""The training recipe's data: ImageFolder splits, fast on few CPU cores.
 
-For training on few CPU cores there is also a decoded-image cache (``cached_image_folder``: every
+A decoded-image cache (``cached_image_folder``: every
 image decoded once into one uint8 array on disk, memory-mapped), augmentations that run on uint8
 tensors (``tensor_transform``), and per-sample seeded augmentation (``SeededBatchSampler`` +
 ``SeededTransform``) that makes the data of every epoch a pure function of (seed, epoch), whatever
@@ -20,38 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-__all__ = ['check_image_folder', 'image_folder', 'per_class_subset',
-           'default_cache_dir', 'DecodedImageFolder', 'cached_image_folder', 'tensor_transform',
+from timm_wae.evaluate import check_image_folder, per_class_subset
+
+__all__ = ['image_folder', 'default_cache_dir', 'DecodedImageFolder', 'cached_image_folder', 'tensor_transform',
            'seeded_rng', 'SeededBatchSampler', 'SeededTransform', 'loader_throughput', 'dataset_classes']
-
-
-def check_image_folder(root: Union[str, Path]) -> Path:
-    """Fail with a message that names the problem: a missing root, no classes, an empty class."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f'data root {str(root)!r} does not exist or is not a directory')
-    classes = sorted(p for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f'data root {str(root)!r} has no class folders (expected ROOT/<class>/<image>)')
-    for c in classes:
-        if not any(has_file_allowed_extension(f.name, IMG_EXTENSIONS) for f in c.rglob('*') if f.is_file()):
-            raise ValueError(f'class folder {str(c)!r} has no images ({", ".join(IMG_EXTENSIONS)})')
-    return root
-
-
-def per_class_subset(dataset: ImageFolder, max_per_class: Optional[int]) -> Union[ImageFolder, Subset]:
-    """The first ``max_per_class`` images of each class, in file order (deterministic)."""
-    if not max_per_class:
-        return dataset
-    seen = torch.zeros(len(dataset.classes), dtype=torch.long)
-    keep = []
-    for i, target in enumerate(dataset.targets):
-        if seen[target] < max_per_class:
-            seen[target] += 1
-            keep.append(i)
-    return Subset(dataset, keep)
 
 
 def image_folder(
