@@ -19,7 +19,7 @@ CONVERT="stage2.epochs=2 stage2.lr=0.01 stage2.warmup_epochs=0 distill.teacher=$
 # as lowres128_s0, their start and teacher, is done), second seeds of the rows near the front next.
 # lowres<N>: the plain backbone trained and evaluated at N px (what a user would do instead);
 # lowres128 is also the full-resolution network every other row is compared with; mnv3_*: the
-# same study's two ends on mobilenetv3_large_100.
+# same study on mobilenetv3_large_100 (full resolution, 64 px, and the WAE2 model).
 JOBS="lowres128_s0 full_resolution seed=0 data.img_size=128
 lowres64_s0 full_resolution seed=0 data.img_size=64
 lowres96_s0 full_resolution seed=0 data.img_size=96
@@ -37,6 +37,7 @@ lowres80_s1 full_resolution seed=1 data.img_size=80
 lowres96_s1 full_resolution seed=1 data.img_size=96
 mnv3_lowres128_s0 full_resolution seed=0 data.img_size=128 model.backbone=mobilenetv3_large_100
 mnv3_wae2_stem_s0 wae2_stem seed=0 model.backbone=mobilenetv3_large_100
+mnv3_lowres64_s0 full_resolution seed=0 data.img_size=64 model.backbone=mobilenetv3_large_100
 haar_s1 wavelet_cnn seed=1 model.front_end=haar
 dwt97_s1 wavelet_cnn seed=1
 wae2_s0 wae2 seed=0
