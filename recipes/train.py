@@ -409,7 +409,7 @@ class Objective(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen_wae:
-            self.model.front_end.eval()
+            self.model.front_end.encoder.eval()  # the frozen part; its output's standardisation keeps learning
         return self
 
     def forward(self, x: Tensor, y: Tensor) -> Dict[str, Tensor]:

@@ -455,13 +455,13 @@ def test_argument_errors_are_argparse_errors(capsys):
 def test_bench_times_deployed_forms_and_the_backbone_at_equal_macs(tmp_path, capsys):
     out = tmp_path / 'bench.json'
     assert cli.main(['bench', 'wae2_resnet18', '--img-size', '64', '--batch-sizes', '2', '--threads', '1',
-                     '--repeats', '2', '--warmup', '1', '--paths', 'eager,onnx', '--same-macs', '-q',
+                     '--repeats', '2', '--warmup', '1', '--paths', 'eager,reparam,onnx', '--same-macs', '-q',
                      '--json', str(out)]) == 0
     rows = {r['model']: r for r in json.loads(out.read_text())['results']}
     # wae2_resnet18 costs what resnet18 costs at about 34 px: its same-MACs baseline is resnet18 at 32 px
-    assert set(rows) == {'wae2_resnet18', 'resnet18', 'resnet18 @32', 'wae2_resnet18 [onnx]', 'resnet18 [onnx]',
-                         'resnet18 @32 [onnx]'}
-    for form in ('', ' [onnx]'):
+    forms = ('', ' [reparam]', ' [onnx]')
+    assert set(rows) == {f'{m}{form}' for m in ('wae2_resnet18', 'resnet18', 'resnet18 @32') for form in forms}
+    for form in forms:
         wae = rows[f'wae2_resnet18{form}']
         assert wae['baseline'] == f'resnet18{form}' and wae['same_macs_baseline'] == f'resnet18 @32{form}'
         assert wae['same_macs_speedup'] == pytest.approx(rows[f'resnet18 @32{form}']['median_ms'] / wae['median_ms'])

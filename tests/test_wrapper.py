@@ -92,6 +92,31 @@ def test_every_front_end_declares_what_it_can_do_and_reconstructs_where_it_says_
         torch.testing.assert_close(recon, X, atol=1e-4, rtol=0)
 
 
+REGISTERED = ['wae_vgg11', 'wae_vgg16', 'wae_vgg16_bn', 'wae_resnet18', 'wae_resnet34', 'wae_resnet50', 'wae2_resnet18',
+              'wae2_resnet50', 'wae2_efficientnet_b0', 'wae2_mobilenetv3_large_100']
+
+
+@pytest.mark.parametrize('name, kwargs', [(n, {}) for n in REGISTERED] + [
+    ('wae', dict(backbone='efficientnet_b0', front_end=f)) for f in ('wae', 'wae2', 'dwt97', 'haar', 'resize')])
+def test_reparameterize_model_folds_the_standardisation_and_drops_the_decoder(name, kwargs, tmp_path):
+    model = timm.create_model(name, num_classes=5, **kwargs).eval()
+    with torch.no_grad():
+        for norm in (model.front_end.norm_low, model.front_end.norm_high):  # statistics far from (0, 1)
+            if isinstance(norm, nn.BatchNorm2d):
+                norm.running_mean.uniform_(-2, 2)
+                norm.running_var.uniform_(0.1, 4)
+        x = torch.randn(2, 3, 64, 64)
+        before = model(x)
+        folded = timm.utils.reparameterize_model(model)  # timm's own entry point, on a copy
+        after = folded(x)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * before.abs().max().item())
+    foldable = kwargs.get('front_end') != 'resize'
+    assert isinstance(folded.front_end.norm_low, nn.Identity) == foldable
+    assert not hasattr(folded.front_end, 'decoder') and hasattr(model.front_end, 'decoder') == model.front_end.learned
+    with pytest.raises(ValueError, match='reparameterized for inference'):
+        hub.save_pretrained(folded, tmp_path)
+
+
 def test_weights_saved_by_timm_wae_0_1_load_with_the_front_end_renamed(tmp_path):
     """0.1 called the front end ``wae`` (keys ``wae.*``, first_conv ``wae.encoder...``) and saved λ as a
     model arg: its files still load, exactly, by every route."""
@@ -335,8 +360,9 @@ def test_features_only_is_the_backbones_pyramid_at_half_resolution_with_ih_joine
     with torch.no_grad():
         maps, plain = pyramid(x), backbone(torch.randn(2, 3, 64, 64))
         low, high = model.decompose(x)
+        fe = model.front_end
         own = model.backbone.forward_intermediates(
-            torch.cat([model.norm_low(low), model.norm_high(high)], 1) if model.ih_into_stem else model.norm_low(low),
+            torch.cat([fe.norm_low(low), fe.norm_high(high)], 1) if model.ih_into_stem else fe.norm_low(low),
             intermediates_only=True, indices=len(maps))
     assert len(maps) == len(plain) == len(pyramid.feature_info.channels())
     for m, p, o, chs, red, plain_red in zip(maps, plain, own, pyramid.feature_info.channels(),

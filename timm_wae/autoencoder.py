@@ -160,6 +160,13 @@ class WaveletLikeAutoEncoder(FrontEnd):
     def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
         return self.decoder(low, high, size)
 
+    def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
+        for conv, scale, shift in ((self.encoder.to_low, scale_low, shift_low),
+                                   (self.encoder.to_high, scale_high, shift_high)):
+            conv.weight.mul_(scale.to(conv.weight)[:, None, None, None])
+            conv.bias.mul_(scale.to(conv.bias)).add_(shift.to(conv.bias))
+        return True
+
 
 class _Refine(nn.Module):
     """A residual correction at half resolution: x + conv3x3(ReLU(conv3x3(x))), the last conv
@@ -241,3 +248,15 @@ class HalfResolutionWAE(FrontEnd):
     @torch.jit.unused
     def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
         return self.decoder(low, high, size)
+
+    def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
+        """y = refine(analysis(x)) scaled by S and shifted by B: the analysis rows and the refinement's
+        output conv take S, its input conv 1/S (so it still sees the unscaled y), its bias B."""
+        enc = self.encoder
+        w = enc.analysis.weight
+        scale, shift = torch.cat([scale_low, scale_high]).to(w), torch.cat([shift_low, shift_high]).to(w)
+        w.mul_(scale[:, None, None, None])
+        enc.refine.conv1.weight.div_(scale[None, :, None, None])
+        enc.refine.conv2.weight.mul_(scale[:, None, None, None])
+        enc.refine.conv2.bias.mul_(scale).add_(shift)
+        return True

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ['BenchResult', 'benchmark', 'count_macs', 'format_table', 'results_as_dicts', 'trust_warnings',
-           'OnnxRuntimeModel', 'same_macs_size']
+           'same_macs_size']
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -184,21 +184,6 @@ def format_table(results: List[BenchResult]) -> str:
 def results_as_dicts(results: List[BenchResult]) -> List[dict]:
     """The results as plain dicts (JSON-ready)."""
     return [asdict(r) for r in results]
-
-
-class OnnxRuntimeModel(nn.Module):
-    """An ONNX Runtime session behind a module's call, so the bench times it beside the eager models."""
-
-    def __init__(self, path: str, threads: int):
-        super().__init__()
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input_name: x.contiguous().numpy()})[0])
 
 
 def same_macs_size(wae_macs: float, backbone_macs: float, img_size: int, multiple: int = 16) -> int:

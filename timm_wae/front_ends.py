@@ -7,7 +7,12 @@ Every front end (the learned WAEs, the fixed wavelets, the resize baseline) is a
 * ``reconstruct(low, high, size)``: the image again (a decoder or an inverse transform), where
   ``can_reconstruct``; otherwise it raises;
 * ``learned``: trained with the transform loss (it has a decoder); ``low_name``: what IL is, for
-  figure titles.
+  figure titles;
+* ``norm_low`` / ``norm_high``: the non-affine standardisation of IL and IH before the networks
+  (``WAEWrapper(standardize=True)``); ``forward`` returns the sub-images before it;
+* ``reparameterize()`` (what ``timm.utils.reparameterize_model`` calls): the inference form. The
+  standardisation's eval statistics are folded exactly into the front end's last linear layer
+  where it has one (every front end but resize), and the decoder is dropped.
 
 So the wrapper, the recipes and the pictures ask a front end what it can do instead of branching
 on its name; the name only picks the class (``create_front_end``).
@@ -32,14 +37,52 @@ class FrontEnd(nn.Module):
     def __init__(self, low_chans: int, high_chans: int):
         super().__init__()
         self.low_chans, self.high_chans = low_chans, high_chans
+        self.norm_low: nn.Module = nn.Identity()
+        self.norm_high: nn.Module = nn.Identity()
+        self.reparameterized = False
+
+    def standardize_outputs(self, low: bool, high: bool) -> None:
+        """Non-affine BatchNorm on IL (and IH) before the networks, as the authors' released model."""
+        self.norm_low = nn.BatchNorm2d(self.low_chans, affine=False) if low else nn.Identity()
+        self.norm_high = nn.BatchNorm2d(self.high_chans, affine=False) if high and self.high_chans else nn.Identity()
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         raise NotImplementedError
 
     @torch.jit.unused
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the standardisation (its running statistics) into the last linear layer, drop the
+        decoder. Outputs change meaning: ``forward`` then returns the standardised sub-images."""
+        if self.reparameterized:
+            return
+        scale_low, shift_low = _affine(self.norm_low, self.low_chans)
+        scale_high, shift_high = _affine(self.norm_high, self.high_chans)
+        if (isinstance(self.norm_low, nn.BatchNorm2d) or isinstance(self.norm_high, nn.BatchNorm2d)) and \
+                self._fold_output(scale_low, shift_low, scale_high, shift_high):
+            self.norm_low, self.norm_high = nn.Identity(), nn.Identity()
+        if hasattr(self, 'decoder'):
+            del self.decoder
+        self.can_reconstruct = False
+        self.reparameterized = True
+
+    def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
+        """Make ``forward`` return (low * scale_low + shift_low, high * scale_high + shift_high), per
+        channel; False where the front end has no linear last layer to fold into."""
+        return False
+
+    @torch.jit.unused
     def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
         """The image of size ``size`` (the input's H, W) from ``forward``'s output."""
         raise NotImplementedError(f'the {type(self).__name__} front end cannot reconstruct the image')
+
+
+def _affine(norm: nn.Module, chans: int) -> Tuple[Tensor, Tensor]:
+    """(scale, shift) per channel of a non-affine BatchNorm in eval mode; (1, 0) for Identity."""
+    if not isinstance(norm, nn.BatchNorm2d):
+        return torch.ones(chans), torch.zeros(chans)
+    scale = (norm.running_var.double() + norm.eps).rsqrt()
+    return scale.float(), (-norm.running_mean.double() * scale).float()
 
 
 def create_front_end(name: str, in_chans: int = 3, width: int = 16) -> FrontEnd:

@@ -243,6 +243,10 @@ def save_pretrained(
     argument, since that name implies none; a registered name records what timm recorded.
     """
     folder = Path(folder)
+    if isinstance(model, WAEWrapper) and model.front_end.reparameterized:
+        raise ValueError('this model was reparameterized for inference (timm.utils.reparameterize_model: the '
+                         'standardisation folded into the front end, the decoder dropped); its weights no longer fit '
+                         'its architecture. Save the model before reparameterizing it, and reparameterize after loading.')
     model_args = None
     if isinstance(model, WAEWrapper) and model.pretrained_cfg.get('architecture') == 'wae':
         model_args = model.model_args

@@ -56,15 +56,20 @@ def _check_image(x: Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
 
 
-def _analysis(x: Tensor, bank: Tensor) -> Tuple[Tensor, Tensor]:
+def _analysis(x: Tensor, bank: Tensor, bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """``bank``: the four filters [4, 1, k, k]; with a ``bias`` (a folded DWT97), one set per channel
+    [4C, 1, k, k]."""
     _check_image(x, "dwt2")
     b, c, h, w = x.shape
     if not torch.jit.is_tracing() and (h % 2 or w % 2 or h < 4 or w < 4):  # a trace bakes in the example's size
         raise ValueError(
             f"dwt2: the periodized DWT needs even H and W (at least 4), got H={h}, W={w}"
         )
-    weight = bank.to(x).repeat(c, 1, 1, 1)
-    out = F.conv2d(F.pad(x, [4, 3, 4, 3], mode="circular"), weight, stride=2, groups=c)
+    if bias is None:
+        weight = bank.to(x).repeat(c, 1, 1, 1)
+    else:
+        weight, bias = bank.to(x), bias.to(x)
+    out = F.conv2d(F.pad(x, [4, 3, 4, 3], mode="circular"), weight, bias, stride=2, groups=c)
     out = out.view(b, c, 4, h // 2, w // 2)
     return out[:, :, 0], out[:, :, 1:].reshape(b, 3 * c, h // 2, w // 2)
 
@@ -112,6 +117,7 @@ class DWT97(FrontEnd):
 
     analysis_bank: Tensor
     synthesis_bank: Tensor
+    analysis_bias: Optional[Tensor]
     low_name = 'IL = cA'
 
     def __init__(self, in_chans: int = 3) -> None:
@@ -119,10 +125,20 @@ class DWT97(FrontEnd):
         dtype = torch.get_default_dtype()
         self.register_buffer("analysis_bank", _ANALYSIS.to(dtype), persistent=False)
         self.register_buffer("synthesis_bank", _SYNTHESIS.to(dtype), persistent=False)
+        self.register_buffer("analysis_bias", None, persistent=False)  # set by reparameterize()
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Return ``(low, high)`` exactly as ``dwt2``."""
-        return _analysis(x, self.analysis_bank)
+        return _analysis(x, self.analysis_bank, self.analysis_bias)
+
+    def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
+        """One filter set per channel: output 4c + k is cA (k = 0) or detail k of channel c."""
+        c = self.low_chans
+        per_channel = lambda a, b: torch.cat([a[:, None], b.view(c, 3)], dim=1).reshape(4 * c)  # noqa: E731
+        scale = per_channel(scale_low, scale_high).to(self.analysis_bank)
+        self.analysis_bank = self.analysis_bank.repeat(c, 1, 1, 1) * scale[:, None, None, None]
+        self.analysis_bias = per_channel(shift_low, shift_high).to(self.analysis_bank)
+        return True
 
     def inverse(self, low: Tensor, high: Tensor) -> Tensor:
         """Rebuild the input from ``forward``'s output, exactly as ``idwt2``."""
@@ -173,18 +189,29 @@ class HaarDWT(FrontEnd):
     """
 
     matrix: Tensor
+    bias: Optional[Tensor]
     low_name = 'IL = cA'
 
     def __init__(self, in_chans: int = 3) -> None:
         super().__init__(in_chans, 3 * in_chans)
         self.in_chans = in_chans
         self.register_buffer("matrix", haar_matrix(in_chans).to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("bias", None, persistent=False)  # set by reparameterize()
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         _check_image(x, "HaarDWT")
         c = self.in_chans
-        y = F.conv2d(F.pixel_unshuffle(pad_to_even(x), 2), self.matrix.to(x.dtype)[:, :, None, None])
+        bias = self.bias
+        if bias is not None:
+            bias = bias.to(x.dtype)
+        y = F.conv2d(F.pixel_unshuffle(pad_to_even(x), 2), self.matrix.to(x.dtype)[:, :, None, None], bias)
         return y[:, :c], y[:, c:]
+
+    def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
+        scale = torch.cat([scale_low, scale_high]).to(self.matrix)
+        self.matrix = self.matrix * scale[:, None]
+        self.bias = torch.cat([shift_low, shift_high]).to(self.matrix)
+        return True
 
     @torch.jit.unused
     def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:

@@ -148,8 +148,9 @@ def wae_layer_names(backbone_cfg: Dict[str, Any], front_end: str = 'wae', fusion
     return dict(first_conv=first_conv, classifier=(classifier, 'fusion_head.head.fc') if fusion_head else classifier)
 
 
-# Keys saved by timm_wae 0.1, whose front end was the attribute ``wae``: renamed as they load.
-LEGACY_PREFIXES = {'wae.': 'front_end.'}
+# Keys saved by timm_wae 0.1, whose front end was the attribute ``wae`` and whose IL/IH standardisation
+# sat beside it: renamed as they load.
+LEGACY_PREFIXES = {'wae.': 'front_end.', 'norm_low.': 'front_end.norm_low.', 'norm_high.': 'front_end.norm_high.'}
 
 
 def upgrade_state_dict(state_dict: Dict[str, Tensor], prefix: str = '') -> Dict[str, Tensor]:
@@ -247,8 +248,7 @@ class WAEWrapper(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
 
-        self.norm_low = nn.BatchNorm2d(low_chans, affine=False) if standardize else nn.Identity()
-        self.norm_high = nn.BatchNorm2d(high_chans, affine=False) if standardize and use_ih else nn.Identity()
+        self.front_end.standardize_outputs(low=standardize, high=standardize and use_ih)
         self.ih_into_stem = use_stem
 
         self.low_features = backbone.num_features
@@ -321,7 +321,7 @@ class WAEWrapper(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         inner = self.backbone.group_matcher(coarse)
         branches = ('backbone', 'ih_branch') if self.ih_branch is not None else ('backbone',)
-        matcher = {'stem': rf'^front_end|^norm_|{_for_branches(inner["stem"], branches)}'}
+        matcher = {'stem': rf'^front_end|{_for_branches(inner["stem"], branches)}'}
         blocks = inner.get('blocks')
         if isinstance(blocks, str):
             matcher['blocks'] = _for_branches(blocks, branches)
@@ -382,7 +382,7 @@ class WAEWrapper(nn.Module):
         """The IH branch's channels per level, from one small forward (widths may be rounded)."""
         p = next(self.ih_branch.parameters())
         was_training = self.ih_branch.training
-        x = torch.zeros(1, self.norm_high.num_features if isinstance(self.norm_high, nn.BatchNorm2d) else 3,
+        x = torch.zeros(1, self.front_end.high_chans,
                         *self.branch_size, device=p.device, dtype=p.dtype)
         maps = self.ih_branch.eval().forward_intermediates(x, indices=levels, intermediates_only=True)
         self.ih_branch.train(was_training)
@@ -450,10 +450,10 @@ class WAEWrapper(nn.Module):
     def network_inputs(self, low: Tensor, high: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """(the backbone's input, the IH branch's input or None): standardised IL and IH, with IH
         joined to IL's channels under ``ih_fusion='stem'``."""
-        low = self.norm_low(low)
+        low = self.front_end.norm_low(low)
         if high is None or (self.ih_branch is None and not self.ih_into_stem):
             return low, None
-        high = self.norm_high(high)
+        high = self.front_end.norm_high(high)
         if self.ih_into_stem:
             return torch.cat([low, high], dim=1), None
         return low, high

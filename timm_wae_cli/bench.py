@@ -29,9 +29,11 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
                    help="input size (default: the first model's data config); 'native': each model at its own "
                         "data config's size (a WAE model's backbone at the WAE model's)"),
     p.add_argument('--repeats', type=common.positive_int, default=10, help='timed calls per model and setting (10)')
-    p.add_argument('--paths', type=common.str_list(('eager', 'compile', 'onnx')), default=['eager'], metavar='P,..',
-                   help='deployment forms, each timed beside its backbone in the same form: eager, compile '
-                        '(torch.compile), onnx (ONNX Runtime, the [export] extra); default: eager')
+    p.add_argument('--paths', type=common.str_list(('eager', 'reparam', 'compile', 'onnx')), default=['eager'],
+                   metavar='P,..',
+                   help='deployment forms, each timed beside its backbone in the same form: eager, reparam '
+                        '(timm.utils.reparameterize_model), compile (torch.compile), onnx (ONNX Runtime, the [export] '
+                        'extra); default: eager')
     p.add_argument('--same-macs', action='store_true',
                    help="also time each WAE model's backbone at the input size of equal MACs (e.g. resnet50 @128 "
                         "for wae_resnet50 at 224) and report that speed-up")
@@ -52,7 +54,8 @@ def _deployed_forms(args: argparse.Namespace, models: Dict[str, Any], baselines:
     import timm
     import torch
 
-    from timm_wae.bench import OnnxRuntimeModel, count_macs, same_macs_size
+    from timm_wae.bench import count_macs, same_macs_size
+    from timm_wae.export import OnnxRuntimeModel
     sizes = dict(input_size) if isinstance(input_size, dict) else {n: tuple(input_size) for n in models}
     same_macs: Dict[str, str] = {}
     if args.same_macs:
@@ -73,7 +76,9 @@ def _deployed_forms(args: argparse.Namespace, models: Dict[str, Any], baselines:
     for path in [p for p in args.paths if p != 'eager']:
         for name in eager:
             variant = f'{name} [{path}]'
-            if path == 'compile':
+            if path == 'reparam':  # timm's inference form: folded standardisation, no decoder (and RepVGG-style fusions)
+                models[variant] = timm.utils.reparameterize_model(models[name].eval())
+            elif path == 'compile':
                 models[variant] = torch.compile(models[name].eval())
             else:
                 from timm_wae.export import export_onnx
