@@ -141,17 +141,11 @@ class TransformLoss(nn.Module):
         return TransformLossTerms(t.loss.mean(), t.recon.mean(), t.energy.mean())
 
 
-class WaveletLikeAutoEncoder(FrontEnd):
-    """Encoder + decoder (front end ``'wae'``). ``forward`` returns (IL, IH); ``reconstruct`` runs
-    the decoder."""
+class _LearnedFrontEnd(FrontEnd):
+    """A front end with an ``encoder`` (the forward) and a ``decoder`` (reconstruct, for the
+    transform loss), trained with that loss."""
 
     learned = True
-
-    def __init__(self, in_chans: int = 3, width: int = 16, sub_chans: int = 3):
-        super().__init__(sub_chans, sub_chans)
-        self.in_chans = in_chans
-        self.encoder = WAEEncoder(in_chans, width, sub_chans)
-        self.decoder = WAEDecoder(sub_chans, width, in_chans)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         return self.encoder(x)
@@ -159,6 +153,17 @@ class WaveletLikeAutoEncoder(FrontEnd):
     @torch.jit.unused
     def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
         return self.decoder(low, high, size)
+
+
+class WaveletLikeAutoEncoder(_LearnedFrontEnd):
+    """Encoder + decoder (front end ``'wae'``). ``forward`` returns (IL, IH); ``reconstruct`` runs
+    the decoder."""
+
+    def __init__(self, in_chans: int = 3, width: int = 16, sub_chans: int = 3):
+        super().__init__(sub_chans, sub_chans)
+        self.in_chans = in_chans
+        self.encoder = WAEEncoder(in_chans, width, sub_chans)
+        self.decoder = WAEDecoder(sub_chans, width, in_chans)
 
     def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
         for conv, scale, shift in ((self.encoder.to_low, scale_low, shift_low),
@@ -229,25 +234,16 @@ class HalfResolutionDecoder(nn.Module):
         return out if size is None else out[..., :size[0], :size[1]]
 
 
-class HalfResolutionWAE(FrontEnd):
+class HalfResolutionWAE(_LearnedFrontEnd):
     """A cheap WAE (front end ``'wae2'``): IL is C channels, IH the 3C detail channels, as in the
     Haar DWT it starts from; the decoder starts as the exact inverse, so Lt's reconstruction term
     is zero before training and only the energy term moves the split."""
-
-    learned = True
 
     def __init__(self, in_chans: int = 3, width: int = 16):
         super().__init__(in_chans, 3 * in_chans)
         self.in_chans = in_chans
         self.encoder = HalfResolutionEncoder(in_chans, width)
         self.decoder = HalfResolutionDecoder(in_chans, width)
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        return self.encoder(x)
-
-    @torch.jit.unused
-    def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
-        return self.decoder(low, high, size)
 
     def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
         """y = refine(analysis(x)) scaled by S and shifted by B: the analysis rows and the refinement's
