@@ -101,29 +101,32 @@ def write_csv(rows: List[Dict], path: Path) -> None:
 
 
 def plot(rows: List[Dict], path: Path, title: str) -> None:
+    """One row of panels per backbone (its own error scale): error against batch-8 latency and GMAC."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for ax, key, xlabel in ((axes[0], 'ms_b8', 'latency, batch 8 (ms, CPU fp32, 2 threads)'),
-                            (axes[1], 'gmac', 'GMAC per image')):
-        for backbone, study, kind in sorted({(r['backbone'], r['study'], r['kind']) for r in rows}):
-            pts = sorted((r for r in rows if (r['backbone'], r['study'], r['kind']) == (backbone, study, kind)),
-                         key=lambda r: r[key])
-            label = kind if study == 'scratch' else f'{kind} ({study})'
-            ax.errorbar([p[key] for p in pts], [p['top1_err'] for p in pts], yerr=[p['top1_err_spread'] for p in pts],
-                        marker='o' if study == 'scratch' else 's', capsize=3,
-                        label=label if backbone == 'resnet18' else f'{backbone}: {label}',
-                        linestyle='-' if kind == 'lowres' else ':')
-            for p in pts:
-                ax.annotate(p['row'], (p[key], p['top1_err']), fontsize=7, xytext=(4, 3), textcoords='offset points')
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel('top-1 error % (all 3,925 val images)')
-    axes[0].legend()
+    backbones = sorted({r['backbone'] for r in rows}, key=lambda b: (b != 'resnet18', b))
+    fig, axes = plt.subplots(len(backbones), 2, figsize=(13, 5 * len(backbones)), squeeze=False)
+    for row_axes, backbone in zip(axes, backbones):
+        mine = [r for r in rows if r['backbone'] == backbone]
+        for ax, key, xlabel in ((row_axes[0], 'ms_b8', 'latency, batch 8 (ms, CPU fp32, 2 threads)'),
+                                (row_axes[1], 'gmac', 'GMAC per image')):
+            for study, kind in sorted({(r['study'], r['kind']) for r in mine}):
+                pts = sorted((r for r in mine if (r['study'], r['kind']) == (study, kind)), key=lambda r: r[key])
+                ax.errorbar([p[key] for p in pts], [p['top1_err'] for p in pts],
+                            yerr=[p['top1_err_spread'] for p in pts], marker='o' if study == 'scratch' else 's',
+                            capsize=3, label=kind if study == 'scratch' else f'{kind} ({study})',
+                            linestyle='-' if kind == 'lowres' else ':')
+                for p in pts:
+                    ax.annotate(p['row'], (p[key], p['top1_err']), fontsize=7, xytext=(4, 3), textcoords='offset points')
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+        row_axes[0].set_ylabel(f'{backbone}: top-1 error % (all 3,925 val images)')
+        row_axes[0].legend()
     fig.suptitle(title)
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches='tight')
+    fig.savefig(path, dpi=100, bbox_inches='tight')
     plt.close(fig)
 
 
@@ -147,7 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     rows = collect(args.runs)
     write_csv(rows, args.csv)
-    plot(rows, args.png, f'Imagenette ({args.runs.name}): resnet18 from scratch, 12 epochs, bf16 training')
+    plot(rows, args.png, f'Imagenette ({args.runs.name}): trained from scratch (or converted), 12 epochs, bf16 training')
     print(markdown(rows))
     print(f'\nwrote {args.csv} and {args.png}')
     return 0
