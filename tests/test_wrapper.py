@@ -96,7 +96,11 @@ REGISTERED = ['wae_vgg11', 'wae_vgg16', 'wae_vgg16_bn', 'wae_resnet18', 'wae_res
               'wae2_resnet50', 'wae2_efficientnet_b0', 'wae2_mobilenetv3_large_100']
 
 
-@pytest.mark.parametrize('name, kwargs', [(n, {}) for n in REGISTERED] + [
+FAST = ('wae_resnet18', 'wae2_resnet18')  # the others: the slow tier (full-size backbones)
+
+
+@pytest.mark.parametrize('name, kwargs', [pytest.param(n, {}, marks=() if n in FAST else pytest.mark.slow)
+                                          for n in REGISTERED] + [
     ('wae', dict(backbone='efficientnet_b0', front_end=f)) for f in ('wae', 'wae2', 'dwt97', 'haar', 'resize')])
 def test_reparameterize_model_folds_the_standardisation_and_drops_the_decoder(name, kwargs, tmp_path):
     model = timm.create_model(name, num_classes=5, **kwargs).eval()
@@ -395,7 +399,8 @@ def test_every_cnn_family_gets_a_quarter_width_ih_branch(name):
     assert _feature_params(model.ih_branch) < 0.15 * backbone_feature_params  # about 1/16 of the weights
 
 
-@pytest.mark.parametrize('name', ['vit_tiny_patch16_224', 'deit_tiny_distilled_patch16_224'])
+@pytest.mark.parametrize('name', ['vit_tiny_patch16_224',
+                                  pytest.param('deit_tiny_distilled_patch16_224', marks=pytest.mark.slow)])
 def test_token_models_get_a_quarter_width_branch_through_embed_dim_on_the_half_size_grid(name, tmp_path):
     model = timm.create_model('wae', backbone=name, num_classes=10).eval()
     assert model.backbone.patch_embed.img_size == (112, 112)  # built for IL: half the 224 px image
