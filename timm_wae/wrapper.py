@@ -29,7 +29,7 @@ __all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp', 'wae_layer_names'
 class WAEOutput:
     """Everything a training step needs from one forward pass."""
     logits: Tensor                      # sL + sc, what forward() returns
-    logits_low: Tensor                   # sL, from the backbone's own head on fL
+    logits_low: Tensor                  # sL, from the backbone's own head on fL
     logits_fused: Optional[Tensor]      # sc, from the fusion head on concat(fL, fH); None without IH
     low: Tensor                         # IL before standardisation
     high: Optional[Tensor]              # IH before standardisation (made even when use_ih=False)
@@ -90,17 +90,21 @@ class FusionHead(nn.Module):
     ):
         super().__init__()
         self.prefix_tokens = prefix_tokens
-        self.class_token = prefix_tokens > 0 and pool_type == 'token'
-        if prefix_tokens >= 0:
-            pool_type = 'avg'  # over the 1x1 map of the pooled tokens
+        self.class_token = False
+        pool_type = self._token_pool(pool_type)
         self.pre_logits = FlatMlp(in_features, mlp_hidden, mlp_kernel, drop_rate) if mlp_hidden else nn.Identity()
         self.head = ClassifierHead(mlp_hidden or in_features, num_classes, pool_type, drop_rate)
         self.num_features = self.head.num_features
 
+    def _token_pool(self, pool_type: str) -> str:
+        """Token features: remember whether to take the class token; the head then pools a 1x1 map."""
+        if self.prefix_tokens < 0:
+            return pool_type
+        self.class_token = self.prefix_tokens > 0 and pool_type == 'token'
+        return 'avg'
+
     def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
-        if self.prefix_tokens >= 0 and pool_type is not None:
-            self.class_token, pool_type = self.prefix_tokens > 0 and pool_type == 'token', 'avg'
-        self.head.reset(num_classes, pool_type)
+        self.head.reset(num_classes, pool_type if pool_type is None else self._token_pool(pool_type))
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.prefix_tokens >= 0:  # [B, N, C] -> [B, C, 1, 1]
