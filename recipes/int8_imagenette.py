@@ -18,7 +18,6 @@ time, and OpenVINO is a further dependency (see MODEL_CARD.md for what was measu
 """
 import argparse
 import json
-import random
 import tempfile
 from pathlib import Path
 
@@ -27,21 +26,9 @@ import timm.utils
 import torch
 
 from timm_wae.bench import benchmark, format_table, results_as_dicts
-from timm_wae.evaluate import eval_folder, eval_transform, evaluate, to_unit_range
-from timm_wae.export import OnnxRuntimeModel, export_onnx, quantize_onnx
+from timm_wae.evaluate import eval_folder, evaluate
+from timm_wae.export import OnnxRuntimeModel, calibration_batches, export_onnx, quantize_onnx
 from timm_wae.hub import create_model
-
-
-def calibration_batches(model, train_root: Path, n: int, batch: int = 32, seed: int = 0):
-    """``n`` training images (a seeded sample of the split), normalised as the model sees them."""
-    dc = timm.data.resolve_model_data_config(model)
-    folder = eval_folder(train_root)
-    transform = eval_transform(dc)
-    mean, std = torch.tensor(dc['mean']).view(1, -1, 1, 1), torch.tensor(dc['std']).view(1, -1, 1, 1)
-    picks = random.Random(seed).sample(range(len(folder)), min(n, len(folder)))
-    for i in range(0, len(picks), batch):
-        x = torch.stack([transform(folder[j][0]) for j in picks[i:i + batch]])
-        yield (to_unit_range(x) - mean) / std
 
 
 def main() -> None:
@@ -63,7 +50,7 @@ def main() -> None:
     size = tuple(timm.data.resolve_model_data_config(model)['input_size'])
     work = Path(tempfile.mkdtemp(prefix='timm_wae_int8_'))
     fp32 = export_onnx(model, work / 'fp32.onnx', size)
-    int8 = quantize_onnx(fp32, work / 'int8.onnx', calibration_batches(model, Path(args.data) / 'train', args.calib))
+    int8 = quantize_onnx(fp32, work / 'int8.onnx', calibration_batches(model, Path(args.data) / 'train', args.calib, size))
     forms = {'pytorch fp32': model, 'onnxruntime fp32': OnnxRuntimeModel(str(fp32), args.threads, like=model),
              'onnxruntime int8': OnnxRuntimeModel(str(int8), args.threads, like=model)}
 

@@ -395,15 +395,17 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.stage, self.gamma, self.frozen_wae = model, stage, sc.gamma, frozen_wae
         self.transform_loss = transform_loss
-        self.teacher = teacher if stage in (2, 3) else None  # distillation: classification stages only
+        # distillation: classification stages only. Held outside the module tree (a tuple): checkpoints
+        # then carry no copy of the teacher, which loads from its own file on resume
+        self._teacher = (teacher,) if stage in (2, 3) and teacher is not None else ()
         self.distill_weight = distill.weight if distill else 0.
         self.kd = DistillationLoss(distill.temperature if distill else 1.)
 
     def _distill(self, out: Dict[str, Tensor], x: Tensor) -> Dict[str, Tensor]:
         """Add weight·KD(final logits, the teacher's) to the loss."""
-        if self.teacher is None:
+        if not self._teacher:
             return out
-        kd = self.kd(out['logits'], self.teacher(x))
+        kd = self.kd(out['logits'], self._teacher[0](x))
         return dict(out, loss=out['loss'] + self.distill_weight * kd, kd=kd)
 
     def train(self, mode: bool = True):

@@ -426,6 +426,11 @@ def _errors(tmp_path, data, models):
                                          ['notes.txt', 'not a safetensors file or a torch checkpoint']),
         'eval malformed config.json': (['eval', bad_config, '--data', data / 'split'],
                                        [str(bad_config / 'config.json'), 'not valid JSON']),
+        'bench int8 without calibration images': (['bench', 'wae2_resnet18', '--paths', 'eager,int8'],
+                                                   ['--paths int8 needs calibration images', '--calib-data DIR']),
+        'bench int8 calibration folder without images': (
+            ['bench', 'wae2_resnet18', '--paths', 'int8', '--calib-data', data / 'empty_class'],
+            ['--calib-data', "empty_class/bee'", 'no images']),
     }
 
 
@@ -452,14 +457,14 @@ def test_argument_errors_are_argparse_errors(capsys):
 
 
 @pytest.mark.slow
-def test_bench_times_deployed_forms_and_the_backbone_at_equal_macs(tmp_path, capsys):
+def test_bench_times_deployed_forms_and_the_backbone_at_equal_macs(data, tmp_path, capsys):
     out = tmp_path / 'bench.json'
     assert cli.main(['bench', 'wae2_resnet18', '--img-size', '64', '--batch-sizes', '2', '--threads', '1',
-                     '--repeats', '2', '--warmup', '1', '--paths', 'eager,reparam,onnx', '--same-macs', '-q',
-                     '--json', str(out)]) == 0
+                     '--repeats', '2', '--warmup', '1', '--paths', 'eager,reparam,onnx,int8', '--same-macs', '-q',
+                     '--calib-data', str(data / 'split'), '--calib-images', '4', '--json', str(out)]) == 0
     rows = {r['model']: r for r in json.loads(out.read_text())['results']}
     # wae2_resnet18 costs what resnet18 costs at about 34 px: its same-MACs baseline is resnet18 at 32 px
-    forms = ('', ' [reparam]', ' [onnx]')
+    forms = ('', ' [reparam]', ' [onnx]', ' [int8]')
     assert set(rows) == {f'{m}{form}' for m in ('wae2_resnet18', 'resnet18', 'resnet18 @32') for form in forms}
     for form in forms:
         wae = rows[f'wae2_resnet18{form}']
@@ -469,4 +474,4 @@ def test_bench_times_deployed_forms_and_the_backbone_at_equal_macs(tmp_path, cap
     assert rows['wae2_resnet18 [onnx]']['gmacs'] == rows['wae2_resnet18']['gmacs'] > 0  # the model's, not ORT's 0
     assert 'vs same MACs' in capsys.readouterr().out
     assert cli.main(['bench', 'wae2_resnet18', '--paths', 'onnx', '--dtypes', 'bf16']) == 2
-    assert '--paths onnx times ONNX Runtime on the CPU in fp32' in capsys.readouterr().err
+    assert '--paths onnx times ONNX Runtime on the CPU (fp32 input)' in capsys.readouterr().err

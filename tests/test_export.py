@@ -89,3 +89,16 @@ def test_int8_quantization_keeps_the_decisions_and_the_folded_model_exports(tmp_
             tmp_path / 'val' / c / 'x.png')
     row, = evaluate(quantized, tmp_path / 'val', workers=0, progress=False, img_size=64)
     assert row['count'] == 3 and 0 <= row['top1_err'] <= 100
+
+
+def test_quantizing_needs_calibration_images(tmp_path):
+    from timm_wae.export import calibration_batches, quantize_onnx
+    model = timm.create_model('wae2_resnet18', num_classes=3).eval()
+    fp32 = export_onnx(model, tmp_path / 'fp32.onnx', SIZE)
+    with pytest.raises(ValueError, match='no calibration batches: static INT8 needs real images'):
+        quantize_onnx(fp32, tmp_path / 'int8.onnx', [])
+    assert not (tmp_path / 'int8.onnx').exists()
+    with pytest.raises(ValueError, match='at least one image'):
+        next(calibration_batches(model, tmp_path, 0))
+    with pytest.raises(FileNotFoundError, match='nowhere'):
+        next(calibration_batches(model, tmp_path / 'nowhere', 8))

@@ -222,6 +222,28 @@ def test_missing_and_unexpected_keys_are_never_a_silent_partial_load(saved, tmp_
         load_weights(timm.create_model('wae_resnet18', num_classes=4), path)
 
 
+def test_int8_weights_and_onnx_files_never_load_into_a_float_model(saved, tmp_path):
+    """int8 codes copied into float parameters would be a silently wrong model: refused by name."""
+    model, folder = saved
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    w = state['backbone.conv1.weight']
+    scale = w.abs().amax() / 127
+    state['backbone.conv1.weight'] = torch.round(w / scale).to(torch.int8)  # what a quantizer stores
+    path = tmp_path / 'int8.safetensors'
+    save_file(state, str(path))
+    fresh = timm.create_model('wae_resnet18', num_classes=4)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(WeightsError, match=r"1 integer tensors .*backbone.conv1.weight: file torch.int8 vs model "
+                                           r"torch.float32.*quantized \(INT8\) weights cannot load into a float model"):
+        load_weights(fresh, path)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())  # nothing half-loaded
+    onnx_file = tmp_path / 'model.int8.onnx'
+    onnx_file.write_bytes(b'\x08\x07onnx-ish')
+    for load in (lambda: load_weights(fresh, onnx_file), lambda: create_model(str(onnx_file))):
+        with pytest.raises(WeightsError, match=r"model.int8.onnx' is an ONNX file .*OnnxRuntimeModel"):
+            load()
+
+
 def test_legacy_pth_loads_with_weights_only_and_pickled_objects_are_refused(saved, tmp_path):
     model, _ = saved
     good = tmp_path / 'legacy.pth'

@@ -440,6 +440,8 @@ def test_converting_a_trained_network_with_distillation(data_root, tmp_path, mon
     train_lines = [r for r in metrics(out) if r.get('split') == 'train']
     assert train_lines and all(r['kd'] >= 0 and r['loss'] == pytest.approx(r['lc'] + r['kd'], rel=1e-5)
                                for r in train_lines)
+    saved = [torch.load(f, map_location='cpu', weights_only=True) for f in (out / 'stage2' / 'checkpoint').glob('*.bin')]
+    assert saved and not [k for state in saved for k in state if 'teacher' in k]  # the teacher stays in its own file
     # the backbone started from the trained one: at step 0 the IL part of conv1 is the trained conv1
     cfg = train.load_config(CONFIGS / 'wae2_stem.yaml', [*TINY, f'model.backbone_from={teacher}'])
     start = train.build_model(cfg.model, 3)

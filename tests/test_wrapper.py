@@ -119,6 +119,8 @@ def test_reparameterize_model_folds_the_standardisation_and_drops_the_decoder(na
     assert not hasattr(folded.front_end, 'decoder') and hasattr(model.front_end, 'decoder') == model.front_end.learned
     with pytest.raises(ValueError, match='reparameterized for inference'):
         hub.save_pretrained(folded, tmp_path)
+    with pytest.raises(RuntimeError, match='already in its inference form'):  # folding twice: a lost track of forms
+        timm.utils.reparameterize_model(folded)
 
 
 def test_weights_saved_by_timm_wae_0_1_load_with_the_front_end_renamed(tmp_path):

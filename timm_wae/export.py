@@ -6,13 +6,14 @@ model in training mode: BatchNorm would be exported with batch statistics and dr
 a silently different network. INT8 is ONNX Runtime's post-training static quantization (QDQ,
 per-channel int8 weights, uint8 activations), calibrated on images the caller gives.
 """
+import random
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-__all__ = ['export_program', 'export_onnx', 'quantize_onnx', 'OnnxRuntimeModel']
+__all__ = ['export_program', 'export_onnx', 'calibration_batches', 'quantize_onnx', 'OnnxRuntimeModel']
 
 
 def _example(model: nn.Module, input_size: Optional[Sequence[int]], batch: int) -> torch.Tensor:
@@ -48,18 +49,45 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Optional[S
     return path
 
 
+def calibration_batches(model: nn.Module, root: Union[str, Path], n: int, input_size: Optional[Sequence[int]] = None,
+                        batch: int = 32, seed: int = 0) -> Iterator[torch.Tensor]:
+    """``n`` images of the ImageFolder ``root`` (a seeded sample: the same ones every run), through the
+    model's eval transform at ``input_size`` (default: its data config's) and normalised as it sees them."""
+    import timm.data
+
+    from .evaluate import eval_folder, eval_transform, to_unit_range
+    if n < 1:
+        raise ValueError(f'calibration needs at least one image (got n={n})')
+    dc = timm.data.resolve_model_data_config(model)
+    if input_size is not None:
+        dc['input_size'] = tuple(input_size)
+    folder = eval_folder(root)
+    transform = eval_transform(dc)
+    mean, std = torch.tensor(dc['mean']).view(1, -1, 1, 1), torch.tensor(dc['std']).view(1, -1, 1, 1)
+    picks = random.Random(seed).sample(range(len(folder)), min(n, len(folder)))
+    for i in range(0, len(picks), batch):
+        x = torch.stack([transform(folder[j][0]) for j in picks[i:i + batch]])
+        yield (to_unit_range(x) - mean) / std
+
+
 def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], calibration: Iterable[torch.Tensor]) -> Path:
     """Write an INT8 copy of an ``export_onnx`` file, its activation ranges calibrated (MinMax) on the
-    normalised image batches of ``calibration``."""
+    normalised image batches of ``calibration`` (real images: ``calibration_batches``)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    batches = iter(calibration)
+    first = next(batches, None)
+    if first is None:  # ONNX Runtime would compute no ranges and fail deep inside, or write nonsense scales
+        raise ValueError('quantize_onnx got no calibration batches: static INT8 needs real images to set the '
+                         'activation ranges; pass calibration_batches(model, "path/to/train", n=256)')
+
     class Batches(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(calibration)
+            self.pending = [first]
 
         def get_next(self) -> Optional[Dict[str, Any]]:
-            batch = next(self.batches, None)
+            batch = self.pending.pop() if self.pending else next(batches, None)
             return None if batch is None else {'images': batch.contiguous().numpy()}
 
     int8_path = Path(int8_path)

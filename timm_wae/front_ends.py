@@ -53,9 +53,11 @@ class FrontEnd(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold the standardisation (its running statistics) into the last linear layer, drop the
-        decoder. Outputs change meaning: ``forward`` then returns the standardised sub-images."""
+        decoder. Outputs change meaning: ``forward`` then returns the standardised sub-images. Once:
+        a second call means the caller lost track of which form it holds."""
         if self.reparameterized:
-            return
+            raise RuntimeError(f'this {type(self).__name__} front end is already in its inference form '
+                               f'(reparameterized): use the model as it is; reparameterize a trained model once')
         scale_low, shift_low = _affine(self.norm_low, self.low_chans)
         scale_high, shift_high = _affine(self.norm_high, self.high_chans)
         if (isinstance(self.norm_low, nn.BatchNorm2d) or isinstance(self.norm_high, nn.BatchNorm2d)) and \

@@ -66,8 +66,16 @@ def check_state_dict(
     skip = _classifier_keys(cfg) if adapting and new_classes else set()
     missing = sorted(set(expected) - set(state_dict) - skip)
     unexpected = sorted(set(state_dict) - set(expected))
+    shared = sorted(set(expected) & set(state_dict) - skip)
     shapes = [f'{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}'
-              for k in sorted(set(expected) & set(state_dict) - skip) if state_dict[k].shape != expected[k].shape]
+              for k in shared if state_dict[k].shape != expected[k].shape]
+    integers = [f'{k}: file {state_dict[k].dtype} vs model {expected[k].dtype}' for k in shared
+                if expected[k].is_floating_point() and not state_dict[k].is_floating_point()]
+    if integers:  # load_state_dict would cast int8 codes to float without their scales: a silently wrong model
+        raise WeightsError(
+            f'weights {source} hold {len(integers)} integer tensors where {arch} has floats ({"; ".join(integers[:3])}): '
+            f'quantized (INT8) weights cannot load into a float model. Load the float checkpoint, and run an INT8 '
+            f'export with timm_wae.export.OnnxRuntimeModel.')
     if missing or unexpected or shapes:
         classes = [s for s in shapes if any(s.startswith(c) for c in _classifier_keys(cfg))]
         hint = (' The class count differs: pass num_classes to match the file.' if classes else '')
@@ -104,10 +112,17 @@ def timm_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Map
     return check_state_dict(state_dict, model, adapting=True)
 
 
+def _onnx_refusal(path: Path) -> str:
+    return (f'{str(path)!r} is an ONNX file (an exported or INT8-quantized model), not PyTorch weights: run it with '
+            f'timm_wae.export.OnnxRuntimeModel({str(path)!r}, threads), or load the float model it came from')
+
+
 def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
     """safetensors, or a legacy .pth/.bin through torch.load(weights_only=True); never plain pickle."""
     if not path.is_file():
         raise FileNotFoundError(f'weights file {str(path)!r} does not exist')
+    if path.suffix == '.onnx':
+        raise WeightsError(_onnx_refusal(path))
     try:
         if path.suffix == '.safetensors':
             return load_file(str(path))
@@ -283,6 +298,8 @@ def create_model(spec: str, pretrained: bool = True, **kwargs: Any) -> nn.Module
     id, or a local folder in the Hub layout (the recipes' output)."""
     import timm_wae  # noqa: F401  (registers the wae_* models for config.json's architecture)
     path = Path(spec)
+    if path.suffix == '.onnx' and path.is_file():
+        raise WeightsError(_onnx_refusal(path))
     if path.is_dir():
         config_file = path / 'config.json'
         if not config_file.is_file():

@@ -29,11 +29,16 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
                    help="input size (default: the first model's data config); 'native': each model at its own "
                         "data config's size (a WAE model's backbone at the WAE model's)"),
     p.add_argument('--repeats', type=common.positive_int, default=10, help='timed calls per model and setting (10)')
-    p.add_argument('--paths', type=common.str_list(('eager', 'reparam', 'compile', 'onnx')), default=['eager'],
+    p.add_argument('--paths', type=common.str_list(('eager', 'reparam', 'compile', 'onnx', 'int8')), default=['eager'],
                    metavar='P,..',
                    help='deployment forms, each timed beside its backbone in the same form: eager, reparam '
                         '(timm.utils.reparameterize_model), compile (torch.compile), onnx (ONNX Runtime, the [export] '
-                        'extra); default: eager')
+                        'extra), int8 (the reparam form through ONNX Runtime static INT8, calibrated on '
+                        '--calib-data); default: eager')
+    p.add_argument('--calib-data', metavar='DIR',
+                   help='an ImageFolder of real images (e.g. the training split) that calibrates --paths int8')
+    p.add_argument('--calib-images', type=common.positive_int, default=128, metavar='N',
+                   help='images drawn (seeded) from --calib-data for the activation ranges (128)')
     p.add_argument('--same-macs', action='store_true',
                    help="also time each WAE model's backbone at the input size of equal MACs (e.g. resnet50 @128 "
                         "for wae_resnet50 at 224) and report that speed-up")
@@ -80,9 +85,13 @@ def _deployed_forms(args: argparse.Namespace, models: Dict[str, Any], baselines:
                 models[variant] = timm.utils.reparameterize_model(models[name].eval())
             elif path == 'compile':
                 models[variant] = torch.compile(models[name].eval())
-            else:
-                from timm_wae.export import export_onnx
-                onnx_file = export_onnx(models[name].eval(), Path(tmp.name) / f'{len(measure_as)}.onnx', sizes[name])
+            else:  # onnx: the model as it is; int8: its inference form, quantized
+                from timm_wae.export import calibration_batches, export_onnx, quantize_onnx
+                model = models[name].eval() if path == 'onnx' else timm.utils.reparameterize_model(models[name].eval())
+                onnx_file = export_onnx(model, Path(tmp.name) / f'{len(measure_as)}.onnx', sizes[name])
+                if path == 'int8':
+                    onnx_file = quantize_onnx(onnx_file, onnx_file.with_suffix('.int8.onnx'), calibration_batches(
+                        model, args.calib_data, args.calib_images, sizes[name]))
                 models[variant] = OnnxRuntimeModel(str(onnx_file), torch.get_num_threads())
             sizes[variant], measure_as[variant] = sizes[name], name
             baselines[variant] = f'{baselines[name]} [{path}]' if baselines.get(name) else None
@@ -103,13 +112,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         devices = list(dict.fromkeys(common.device(d.strip()) for d in args.device.split(',') if d.strip()))
     common.check_out_parent(args.json)
-    if 'onnx' in args.paths:
+    for path in {'onnx', 'int8'} & set(args.paths):
         if args.dtypes != ['fp32'] or args.channels_last != 'off' or devices != ['cpu']:
-            raise common.CLIError('--paths onnx times ONNX Runtime on the CPU in fp32: use it with --device cpu, '
-                                  '--dtypes fp32 and --channels-last off')
+            raise common.CLIError(f'--paths {path} times ONNX Runtime on the CPU (fp32 input): use it with --device '
+                                  'cpu, --dtypes fp32 and --channels-last off')
         import importlib.util
         if importlib.util.find_spec('onnxruntime') is None or importlib.util.find_spec('onnxscript') is None:
-            raise common.CLIError('--paths onnx needs the [export] extra: pip install "timm_wae[export]"')
+            raise common.CLIError(f'--paths {path} needs the [export] extra: pip install "timm_wae[export]"')
+    if 'int8' in args.paths and args.calib_data is None:
+        raise common.CLIError('--paths int8 needs calibration images: --calib-data DIR (an ImageFolder of real '
+                              'images, e.g. the training split); static INT8 takes its activation ranges from them')
+    if args.calib_data is not None:
+        from timm_wae.evaluate import check_image_folder
+        try:
+            check_image_folder(args.calib_data)
+        except (FileNotFoundError, ValueError) as e:
+            raise common.CLIError(f'--calib-data: {e}') from None
     specs = list(dict.fromkeys(args.models))
     checked = {spec: common.check_model_spec(spec) for spec in specs}  # every name before building any model
     if args.threads:

@@ -113,6 +113,9 @@ def check_model_spec(spec: str) -> str:
             raise CLIError(f'model folder {spec!r} has no config.json (expected the Hub layout: config.json + '
                            f'model.safetensors)')
         return spec
+    if path.is_file() and path.suffix == '.onnx':
+        raise CLIError(f'{spec!r} is an ONNX file (an exported or INT8 model); the commands run PyTorch models: '
+                       f'give the model it came from (bench MODEL --paths onnx,int8 times its ONNX and INT8 forms)')
     if path.is_file():
         raise CLIError(f'{spec!r} is a file, not a model: give a model name with --checkpoint {spec}, or a model '
                        f'folder (config.json + model.safetensors)')
