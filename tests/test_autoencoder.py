@@ -117,3 +117,16 @@ def test_half_resolution_wae_refuses_bad_input_by_name():
         HalfResolutionWAE(3)(torch.randn(1, 4, 16, 16))
     with pytest.raises(ValueError, match='4-D'):
         HalfResolutionWAE(3)(torch.randn(3, 16, 16))
+
+
+@pytest.mark.parametrize('front_end', [WaveletLikeAutoEncoder, HalfResolutionWAE])
+def test_learned_front_ends_hand_back_the_callers_memory_layout(front_end):
+    """They compute in channels_last on CPU; a model run channels_last end to end must stay so."""
+    fe = front_end().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        plain = fe(x)
+        cl = fe(x.contiguous(memory_format=torch.channels_last))
+    for a, b in zip(plain, cl):
+        assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+        torch.testing.assert_close(a, b)
