@@ -130,3 +130,17 @@ def test_learned_front_ends_hand_back_the_callers_memory_layout(front_end):
     for a, b in zip(plain, cl):
         assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
         torch.testing.assert_close(a, b)
+
+
+def test_encoder_branches_are_its_to_low_and_to_high_convs():
+    """forward runs both stride-2 convs as one (speed); the result must be exactly theirs, gradients too."""
+    from timm_wae.autoencoder import WAEEncoder
+    torch.manual_seed(0)
+    enc = WAEEncoder()
+    x = torch.randn(2, 3, 15, 18)
+    low, high = enc(x)
+    stem = enc.stem(x)
+    torch.testing.assert_close(low, enc.to_low(stem))
+    torch.testing.assert_close(high, enc.to_high(stem))
+    (low.sum() + 2 * high.sum()).backward()
+    assert enc.to_low.weight.grad.abs().sum() > 0 and enc.to_high.bias.grad[0] == pytest.approx(2 * high[:, 0].numel())

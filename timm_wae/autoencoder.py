@@ -78,8 +78,14 @@ class WAEEncoder(nn.Module):
         check_image(x, self.in_chans)
         y = x.contiguous(memory_format=torch.channels_last) if x.device.type == 'cpu' else x
         y = self.stem(y)
-        low, high = _in_callers_layout(x, self.to_low(y), self.to_high(y))
-        return low, high
+        # to_low and to_high as one 6-channel conv: the 16-channel full-resolution map is read once
+        # (half the time of two 3-channel convs on this CPU); the same parameters, so the same function
+        b_low, b_high = self.to_low.bias, self.to_high.bias
+        assert b_low is not None and b_high is not None  # built with biases; TorchScript needs the refinement
+        both = F.conv2d(y, torch.cat([self.to_low.weight, self.to_high.weight]), torch.cat([b_low, b_high]),
+                        stride=2, padding=1)
+        n = self.to_low.out_channels
+        return _in_callers_layout(x, both[:, :n], both[:, n:])
 
 
 class _DecoderBranch(nn.Sequential):
