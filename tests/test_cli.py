@@ -2,11 +2,13 @@
 models and a tiny generated ImageFolder; the noise pipeline of ``timm_wae.evaluate`` and the user
 error matrix are also checked in-process (``cli.main(argv)``), which is the same code minus the
 interpreter start-up."""
+import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,12 +169,30 @@ def test_json_to_stdout_is_json_alone_and_busy_timings_are_flagged(capsys):
 
 def test_trust_warnings_name_a_spread_or_a_busy_machine():
     from timm_wae.bench import BenchResult, trust_warnings
-    steady = BenchResult('m', None, 'cpu', 'fp32', False, 8, 10.0, 11.0, 800., 1., 1., threads=2)
+    steady = BenchResult('m', None, 'cpu', 'fp32', False, 8, 10.0, 11.0, 800., 1., 1., threads=2, other_cores=0.02)
     jumpy = BenchResult('n', None, 'cpu', 'fp32', False, 1, 10.0, 19.0, 100., 1., 1., threads=2)
-    assert trust_warnings([steady], load=0.1, cores=2) == []
-    assert 'p90/median up to 1.90 (n, batch 1)' in trust_warnings([steady, jumpy], load=0.1, cores=2)[0]
-    busy = trust_warnings([steady], load=2.0, cores=2)
-    assert len(busy) == 1 and 'load average 2.0 on 2 cores' in busy[0]
+    assert trust_warnings([steady]) == []
+    assert 'p90/median up to 1.90 (n, batch 1)' in trust_warnings([steady, jumpy])[0]
+    shared = dataclasses.replace(steady, other_cores=0.9)
+    busy = trust_warnings([steady, shared])
+    assert len(busy) == 1 and 'other processes kept up to 0.90 cores busy' in busy[0]
+
+
+def test_other_processes_counts_another_process_and_not_this_one():
+    """A busy child process counts; this process's own busy loop does not (the bench's own work,
+    e.g. compiling before the timing, must not make it distrust its ratios)."""
+    from timm_wae.bench import OtherProcesses
+    with OtherProcesses() as own:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            pass
+    busy = subprocess.Popen([sys.executable, '-c', 'import time\nend = time.monotonic() + 1.5\n'
+                                                   'while time.monotonic() < end: pass'])
+    time.sleep(0.2)
+    with OtherProcesses() as other:
+        time.sleep(1.0)
+    busy.wait()
+    assert own.cores < 0.5 < other.cores, (own.cores, other.cores)
 
 
 # ------------------------------------------------------------------------------------------- eval

@@ -3,17 +3,19 @@
 Ratios are only meaningful when both models run in the same process under the same load, so
 the timing loop interleaves the models call by call and reports medians and p90s.
 """
+import os
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['BenchResult', 'benchmark', 'count_macs', 'format_table', 'results_as_dicts', 'trust_warnings',
-           'same_macs_size']
+__all__ = ['BenchResult', 'OtherProcesses', 'benchmark', 'count_macs', 'format_table', 'results_as_dicts',
+           'trust_warnings', 'same_macs_size']
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -37,6 +39,7 @@ class BenchResult:
     repeats: Optional[int] = None    # timed calls per model behind median and p90
     same_macs_baseline: Optional[str] = None  # the baseline at the input size of this model's MACs
     same_macs_speedup: Optional[float] = None
+    other_cores: Optional[float] = None  # cores other processes kept busy during this setting's timing
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int], device: str = 'cpu') -> float:
@@ -71,6 +74,36 @@ def _timer(device: torch.device):
     return run
 
 
+class OtherProcesses:
+    """How many cores other processes kept busy, on average, during a ``with`` block: the machine's
+    busy CPU time (Linux ``/proc/stat``) minus this process's own (all its threads, ONNX Runtime's
+    included). Unlike the load average, this process's own work before the timing (compiling,
+    calibrating) does not count. ``cores`` stays None where ``/proc/stat`` does not exist."""
+
+    cores: Optional[float] = None
+
+    @staticmethod
+    def _busy_and_own() -> Optional[Tuple[float, float, float]]:
+        try:
+            with open('/proc/stat') as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        own = os.times()
+        return (sum(fields[:8]) - idle) / os.sysconf('SC_CLK_TCK'), own.user + own.system, time.monotonic()
+
+    def __enter__(self) -> 'OtherProcesses':
+        self._start = self._busy_and_own()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._busy_and_own()
+        if self._start is not None and end is not None and end[2] > self._start[2]:
+            busy, own = end[0] - self._start[0], end[1] - self._start[1]
+            self.cores = max(0.0, busy - own) / (end[2] - self._start[2])
+
+
 def benchmark(
         models: Dict[str, nn.Module],
         baselines: Dict[str, Optional[str]],
@@ -87,8 +120,9 @@ def benchmark(
 ) -> List[BenchResult]:
     """Time every model at every setting; ``baselines`` maps a model to the one it is compared with.
 
-    Each repeat calls every model once; the order of the models rotates from one repeat to the next so
-    that no model always runs right after the same neighbour (caches, clocks). ``speedup`` is the
+    Each repeat calls every model once, in a new (seeded) random order, so that no model always runs
+    right after the same neighbour (caches, clocks, a runtime's threads still spinning; a rotation
+    would keep the neighbours). ``speedup`` is the
     baseline's median over this model's median, both from the same interleaved loop. ``input_size``
     is one (C, H, W) for all models or one per model (each model at its own resolution, e.g. a
     model trained at a lower resolution against a WAE model). ``same_macs`` maps a model to a
@@ -121,14 +155,15 @@ def benchmark(
                     model(inputs[sizes[name]])
             if dev.type == 'cuda':
                 torch.cuda.synchronize(dev)
-            order = list(models.items())
-            for rep in range(repeats):
-                shift = rep % len(order)
-                for name, model in order[shift:] + order[:shift]:
-                    x = inputs[sizes[name]]
-                    times[name].append(timer(lambda: model(x)))
-                if progress is not None:
-                    progress()
+            order, rng = list(models.items()), random.Random(0)
+            with OtherProcesses() as others:  # the timed calls only: not the warm-up (compiling)
+                for rep in range(repeats):
+                    rng.shuffle(order)
+                    for name, model in order:
+                        x = inputs[sizes[name]]
+                        times[name].append(timer(lambda: model(x)))
+                    if progress is not None:
+                        progress()
         medians = {n: statistics.median(t) for n, t in times.items()}
         for name in models:
             base = baselines.get(name)
@@ -140,26 +175,23 @@ def benchmark(
                 same_macs_baseline=same_macs.get(name),
                 same_macs_speedup=medians[same_macs[name]] / medians[name] if name in same_macs else None,
                 img_size=int(sizes[name][-2]), threads=torch.get_num_threads() if dev.type == 'cpu' else None,
-                repeats=repeats,
+                repeats=repeats, other_cores=others.cores,
             ))
     return results
 
 
-def trust_warnings(results: List[BenchResult], load: Optional[float] = None, cores: Optional[int] = None,
-                   max_spread: float = 1.25) -> List[str]:
+def trust_warnings(results: List[BenchResult], max_spread: float = 1.25, max_other_cores: float = 0.25) -> List[str]:
     """Why the ratios of this run may not be trusted: timings that spread (p90 / median above
-    ``max_spread``) or other processes on the cores (load average above the free cores)."""
+    ``max_spread``) or other processes busy on the CPU while timing (``other_cores``)."""
     out = []
     wide = [r for r in results if r.p90_ms > max_spread * r.median_ms]
     if wide:
         worst = max(wide, key=lambda r: r.p90_ms / r.median_ms)
         out.append(f'{len(wide)} of {len(results)} timings spread: p90/median up to {worst.p90_ms / worst.median_ms:.2f} '
                    f'({worst.model}, batch {worst.batch_size}); the machine was busy or throttling')
-    if load is not None and cores:
-        threads = max((r.threads or 1) for r in results) if results else 1
-        if load > max(cores - threads, 0) + 1.0:  # more than one other busy process
-            out.append(f'load average {load:.1f} on {cores} cores while timing with {threads} thread(s): other '
-                       f'processes shared the CPU')
+    other = max((r.other_cores for r in results if r.other_cores is not None), default=None)
+    if other is not None and other > max_other_cores:
+        out.append(f'other processes kept up to {other:.2f} cores busy on average while timing: they shared the CPU')
     return out
 
 

@@ -101,13 +101,18 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], cali
 
 class OnnxRuntimeModel(nn.Module):
     """An ONNX Runtime session behind a module's call, so that the bench times it and ``evaluate``
-    scores it like the eager models; ``like`` lends it a model's cfg (data config, label names)."""
+    scores it like the eager models; ``like`` lends it a model's cfg (data config, label names).
+
+    Its threads do not spin-wait after a call (ONNX Runtime's default): spinning threads would take
+    the cores from whatever runs next, e.g. the model timed after it in an interleaved bench.
+    """
 
     def __init__(self, path: str, threads: int, like: Optional[nn.Module] = None):
         super().__init__()
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         self.input_name = self.session.get_inputs()[0].name
         if like is not None:

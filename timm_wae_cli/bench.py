@@ -1,7 +1,6 @@
 """``timm-wae bench``: latency, throughput, params and MACs of WAE models beside their backbones.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -164,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
     print(f'benchmarking {", ".join(models)} at input {shown} on {", ".join(devices)}; '
           f'{torch.get_num_threads()} CPU threads', file=sys.stderr)
 
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None  # before timing: not our own threads
     results = []
     for device in devices:
         total = len(args.batch_sizes) * len(args.dtypes) * len(channels_last) * args.repeats
@@ -176,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=lambda: bar.update(1), same_macs=same_macs, measure_as=measure_as)
     tmp.cleanup()
     common.report(format_table(results), args.json)
-    untrusted = trust_warnings(results, load, os.cpu_count())
+    untrusted = trust_warnings(results)
     for w in untrusted:
         print(f'warning: {w}: the speed-up ratios of this run cannot be trusted; run again on an idle machine',
               file=sys.stderr)
