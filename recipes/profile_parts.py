@@ -10,6 +10,7 @@ parts' medians add up to about the model's; MACs per part come from torch's flop
 ``--ops N`` adds torch.profiler's N operators of most self time in the whole model (by input shape).
 """
 import argparse
+import random
 import statistics
 import time
 from typing import Callable, Dict, List, Tuple
@@ -57,10 +58,10 @@ def timed(calls: Dict[str, Callable], repeats: int) -> Dict[str, List[float]]:
     times = {k: [] for k in calls}
     for fn in calls.values():
         fn()
-    order = list(calls.items())
+    order, rng = list(calls.items()), random.Random(0)
     for rep in range(repeats):
-        shift = rep % len(order)
-        for name, fn in order[shift:] + order[:shift]:
+        rng.shuffle(order)  # a new order each repeat, as timm_wae.bench.benchmark
+        for name, fn in order:
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
