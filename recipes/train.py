@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from timm_wae import TransformLoss, WAEWrapper
-from timm_wae.front_ends import create_front_end
+from timm_wae.front_ends import front_end_class
 from timm_wae.distill import DistillationLoss, Teacher, load_teacher
 from timm_wae.evaluate import check_image_folder
 
@@ -248,7 +248,7 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
     learns_wae = False
     if cfg.model.type == 'wae':
         try:
-            learns_wae = create_front_end(cfg.model.front_end).learned
+            learns_wae = front_end_class(cfg.model.front_end).learned
         except ValueError as e:
             raise ValueError(f'model.front_end: {e}') from None
     if cfg.model.ih_fusion not in ('branch', 'stem'):

@@ -15,16 +15,25 @@ Every front end (the learned WAEs, the fixed wavelets, the resize baseline) is a
   where it has one (every front end but resize), and the decoder is dropped.
 
 So the wrapper, the recipes and the pictures ask a front end what it can do instead of branching
-on its name; the name only picks the class (``create_front_end``).
+on its name; the name only picks the class (``front_end_class``, ``create_front_end``).
 """
-from typing import Optional, Tuple
+import importlib
+from typing import Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ['FrontEnd', 'create_front_end', 'FRONT_ENDS']
+__all__ = ['FrontEnd', 'create_front_end', 'front_end_class', 'FRONT_ENDS']
 
-FRONT_ENDS = ('wae', 'wae2', 'dwt97', 'haar', 'resize')
+# name -> (module, class): imported when asked for, because those modules subclass FrontEnd from this one
+_CLASSES = {
+    'wae': ('autoencoder', 'WaveletLikeAutoEncoder'),
+    'wae2': ('autoencoder', 'HalfResolutionWAE'),
+    'dwt97': ('wavelets', 'DWT97'),
+    'haar': ('wavelets', 'HaarDWT'),
+    'resize': ('baselines', 'ResizeFrontEnd'),
+}
+FRONT_ENDS = tuple(_CLASSES)
 
 
 class FrontEnd(nn.Module):
@@ -87,18 +96,15 @@ def _affine(norm: nn.Module, chans: int) -> Tuple[Tensor, Tensor]:
     return scale.float(), (-norm.running_mean.double() * scale).float()
 
 
-def create_front_end(name: str, in_chans: int = 3, width: int = 16) -> FrontEnd:
-    """The front end called ``name`` for ``in_chans``-channel images; ``width``: a WAE's inner channels."""
-    from .autoencoder import HalfResolutionWAE, WaveletLikeAutoEncoder  # they subclass FrontEnd: no cycle at import
-    from .baselines import ResizeFrontEnd
-    from .wavelets import DWT97, HaarDWT
-    builders = {
-        'wae': lambda: WaveletLikeAutoEncoder(in_chans, width),
-        'wae2': lambda: HalfResolutionWAE(in_chans, width),
-        'dwt97': lambda: DWT97(in_chans),
-        'haar': lambda: HaarDWT(in_chans),
-        'resize': lambda: ResizeFrontEnd(in_chans),
-    }
-    if name not in builders:
+def front_end_class(name: str) -> Type[FrontEnd]:
+    """The class of the front end called ``name`` (ask it ``learned`` without building one)."""
+    if name not in _CLASSES:
         raise ValueError(f'unknown front_end {name!r}; expected one of {FRONT_ENDS}')
-    return builders[name]()
+    module, cls = _CLASSES[name]
+    return getattr(importlib.import_module(f'{__package__}.{module}'), cls)
+
+
+def create_front_end(name: str, in_chans: int = 3, width: int = 16) -> FrontEnd:
+    """The front end called ``name`` for ``in_chans``-channel images; ``width``: a learned WAE's inner channels."""
+    cls = front_end_class(name)
+    return cls(in_chans, width) if cls.learned else cls(in_chans)
