@@ -417,6 +417,8 @@ def _errors(tmp_path, data, models):
     img = data / 'split' / 'ant' / 'img0.jpg'
     text_file = tmp_path / 'notes.txt'
     text_file.write_text('not weights\n')
+    onnx_file = tmp_path / 'model.int8.onnx'
+    onnx_file.write_bytes(b'not read')
     bad_config = tmp_path / 'bad_config'
     bad_config.mkdir()
     (bad_config / 'config.json').write_text('{"architecture": ')
@@ -452,6 +454,10 @@ def _errors(tmp_path, data, models):
                                          ['notes.txt', 'not a safetensors file or a torch checkpoint']),
         'eval malformed config.json': (['eval', bad_config, '--data', data / 'split'],
                                        [str(bad_config / 'config.json'), 'not valid JSON']),
+        'eval an ONNX file as the model': (['eval', onnx_file, '--data', data / 'split'],
+                                           ["model.int8.onnx' is an ONNX file", '--paths onnx,int8']),
+        'eval an ONNX file as the checkpoint': (['eval', 'resnet18', '--checkpoint', onnx_file, '--data', data / 'split'],
+                                                ["model.int8.onnx' is an ONNX file", 'OnnxRuntimeModel']),
         'bench int8 without calibration images': (['bench', 'wae2_resnet18', '--paths', 'eager,int8'],
                                                    ['--paths int8 needs calibration images', '--calib-data DIR']),
         'bench int8 calibration folder without images': (
