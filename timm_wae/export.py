@@ -49,10 +49,11 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Optional[S
     return path
 
 
-def calibration_batches(model: nn.Module, root: Union[str, Path], n: int, input_size: Optional[Sequence[int]] = None,
+def calibration_batches(model: nn.Module, data: Union[str, Path, Any], n: int, input_size: Optional[Sequence[int]] = None,
                         batch: int = 32, seed: int = 0) -> Iterator[torch.Tensor]:
-    """``n`` images of the ImageFolder ``root`` (a seeded sample: the same ones every run), through the
-    model's eval transform at ``input_size`` (default: its data config's) and normalised as it sees them."""
+    """``n`` images of ``data`` (an ImageFolder root, or the dataset ``eval_folder`` made of it: scan a
+    folder once for several models) as a seeded sample (the same ones every run), through the model's
+    eval transform at ``input_size`` (default: its data config's) and normalised as it sees them."""
     import timm.data
 
     from .evaluate import eval_folder, eval_transform, to_unit_range
@@ -61,7 +62,7 @@ def calibration_batches(model: nn.Module, root: Union[str, Path], n: int, input_
     dc = timm.data.resolve_model_data_config(model)
     if input_size is not None:
         dc['input_size'] = tuple(input_size)
-    folder = eval_folder(root)
+    folder = eval_folder(data) if isinstance(data, (str, Path)) else data
     transform = eval_transform(dc)
     mean, std = torch.tensor(dc['mean']).view(1, -1, 1, 1), torch.tensor(dc['std']).view(1, -1, 1, 1)
     picks = random.Random(seed).sample(range(len(folder)), min(n, len(folder)))

@@ -121,10 +121,10 @@ def run(args: argparse.Namespace) -> int:
     if 'int8' in args.paths and args.calib_data is None:
         raise common.CLIError('--paths int8 needs calibration images: --calib-data DIR (an ImageFolder of real '
                               'images, e.g. the training split); static INT8 takes its activation ranges from them')
-    if args.calib_data is not None:
-        from timm_wae.evaluate import check_image_folder
+    if args.calib_data is not None:  # scanned once, for every model's calibration
+        from timm_wae.evaluate import eval_folder
         try:
-            check_image_folder(args.calib_data)
+            args.calib_data = eval_folder(args.calib_data)
         except (FileNotFoundError, ValueError) as e:
             raise common.CLIError(f'--calib-data: {e}') from None
     specs = list(dict.fromkeys(args.models))
