@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .front_ends import FrontEnd
-from .wavelets import haar_matrix, pad_to_even
+from .wavelets import haar_matrix, pad_to_multiple
 
 __all__ = ['WAEEncoder', 'WAEDecoder', 'WaveletLikeAutoEncoder', 'TransformLoss', 'TransformLossTerms',
-           'HalfResolutionWAE', 'check_image']
+           'HalfResolutionWAE', 'QuarterResolutionWAE', 'check_image']
 
 
 def check_image(x: Tensor, in_chans: int, what: str = 'image batch') -> None:
@@ -169,6 +169,8 @@ class WaveletLikeAutoEncoder(_LearnedFrontEnd):
     """Encoder + decoder (front end ``'wae'``). ``forward`` returns (IL, IH); ``reconstruct`` runs
     the decoder."""
 
+    first_layer = 'encoder.stem.0'
+
     def __init__(self, in_chans: int = 3, width: int = 16, sub_chans: int = 3):
         super().__init__(sub_chans, sub_chans)
         self.in_chans = in_chans
@@ -199,28 +201,28 @@ class _Refine(nn.Module):
         return x + self.conv2(self.act(self.conv1(x)))
 
 
-class HalfResolutionEncoder(nn.Module):
-    """Space-to-depth, a learned 1x1 analysis that starts as the exact Haar DWT, then a residual
-    3x3 refinement at half resolution (starts at zero).
+class HaarStartEncoder(nn.Module):
+    """Space-to-depth by s = 2**levels, a learned 1x1 analysis that starts as the exact ``levels``-level
+    Haar DWT, then a residual 3x3 refinement at 1/s of the side (starts at zero).
 
-    Every conv runs on a quarter of the pixels, so at 224 px (width 16) it costs 45 MMAC where the
-    paper's encoder costs 264 (17 %), and about 16 % of its time on this project's CPU. Before training ``forward`` *is* the orthonormal Haar DWT
-    (``HaarDWT``), so a learned encoder can only move away from the fixed wavelet if that lowers
-    the training loss.
+    Every conv runs on 1/s² of the pixels: at one level and 224 px (width 16) it costs 45 MMAC where
+    the paper's encoder costs 264 (17 %), and about 16 % of its time on this project's CPU. Before
+    training ``forward`` *is* the orthonormal Haar DWT (``HaarDWT`` for one level), so a learned
+    encoder can only move away from the fixed wavelet if that lowers the training loss.
     """
 
-    def __init__(self, in_chans: int = 3, width: int = 16):
+    def __init__(self, in_chans: int = 3, width: int = 16, levels: int = 1):
         super().__init__()
-        self.in_chans = in_chans
-        n = 4 * in_chans
+        self.in_chans, self.factor = in_chans, 2 ** levels
+        n = in_chans * self.factor ** 2
         self.analysis = nn.Conv2d(n, n, 1, bias=False)
         with torch.no_grad():
-            self.analysis.weight.copy_(haar_matrix(in_chans)[:, :, None, None])
+            self.analysis.weight.copy_(haar_matrix(in_chans, levels)[:, :, None, None])
         self.refine = _Refine(n, width)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         check_image(x, self.in_chans)
-        y = F.pixel_unshuffle(pad_to_even(x), 2)
+        y = F.pixel_unshuffle(pad_to_multiple(x, self.factor), self.factor)
         if y.device.type == 'cpu':  # 12/16-channel convs: channels_last is ~1.5x faster in oneDNN (measured)
             y = y.contiguous(memory_format=torch.channels_last)
         y = self.refine(self.analysis(y))
@@ -228,33 +230,40 @@ class HalfResolutionEncoder(nn.Module):
         return low, high
 
 
-class HalfResolutionDecoder(nn.Module):
+class HaarStartDecoder(nn.Module):
     """The encoder's mirror: residual refinement, a 1x1 synthesis that starts as the inverse Haar
     (the analysis matrix transposed), depth-to-space."""
 
-    def __init__(self, in_chans: int = 3, width: int = 16):
+    def __init__(self, in_chans: int = 3, width: int = 16, levels: int = 1):
         super().__init__()
-        n = 4 * in_chans
+        self.factor = 2 ** levels
+        n = in_chans * self.factor ** 2
         self.refine = _Refine(n, width)
         self.synthesis = nn.Conv2d(n, n, 1, bias=False)
         with torch.no_grad():
-            self.synthesis.weight.copy_(haar_matrix(in_chans).t()[:, :, None, None])
+            self.synthesis.weight.copy_(haar_matrix(in_chans, levels).t()[:, :, None, None])
 
     def forward(self, low: Tensor, high: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
-        out = F.pixel_shuffle(self.synthesis(self.refine(torch.cat([low, high], dim=1))), 2)
+        out = F.pixel_shuffle(self.synthesis(self.refine(torch.cat([low, high], dim=1))), self.factor)
         return out if size is None else out[..., :size[0], :size[1]]
 
 
 class HalfResolutionWAE(_LearnedFrontEnd):
-    """A cheap WAE (front end ``'wae2'``): IL is C channels, IH the 3C detail channels, as in the
-    Haar DWT it starts from; the decoder starts as the exact inverse, so Lt's reconstruction term
-    is zero before training and only the energy term moves the split."""
+    """A cheap WAE (front end ``'wae2'``: the image to half its side): IL is C channels, IH the 3C
+    detail channels, as in the Haar DWT it starts from; the decoder starts as the exact inverse, so
+    Lt's reconstruction term is zero before training and only the energy term moves the split."""
+
+    levels = 1
+    first_layer = 'encoder.analysis'
 
     def __init__(self, in_chans: int = 3, width: int = 16):
-        super().__init__(in_chans, 3 * in_chans)
+        factor = 2 ** self.levels
+        super().__init__(in_chans, (factor ** 2 - 1) * in_chans)
         self.in_chans = in_chans
-        self.encoder = HalfResolutionEncoder(in_chans, width)
-        self.decoder = HalfResolutionDecoder(in_chans, width)
+        self.reduction = factor
+        self.low_gain = float(factor)  # the orthonormal Haar's cA is s x the s x s block's mean
+        self.encoder = HaarStartEncoder(in_chans, width, self.levels)
+        self.decoder = HaarStartDecoder(in_chans, width, self.levels)
 
     def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
         """y = refine(analysis(x)) scaled by S and shifted by B: the analysis rows and the refinement's
@@ -267,3 +276,14 @@ class HalfResolutionWAE(_LearnedFrontEnd):
         enc.refine.conv2.weight.mul_(scale[:, None, None, None])
         enc.refine.conv2.bias.mul_(scale).add_(shift)
         return True
+
+
+class QuarterResolutionWAE(HalfResolutionWAE):
+    """``'wae4'``: the same learned front end at two Haar levels, the image to a quarter of its side.
+
+    Two Haar levels are an orthogonal transform of each 4x4 pixel block, so IL (the cA of the cA,
+    C channels) and IH (the 15C detail channels of both levels) keep every pixel's information at a
+    sixteenth of the pixels, which a network run at a quarter of the size cannot.
+    """
+
+    levels = 2

@@ -29,6 +29,7 @@ __all__ = ['FrontEnd', 'create_front_end', 'front_end_class', 'FRONT_ENDS']
 _CLASSES = {
     'wae': ('autoencoder', 'WaveletLikeAutoEncoder'),
     'wae2': ('autoencoder', 'HalfResolutionWAE'),
+    'wae4': ('autoencoder', 'QuarterResolutionWAE'),
     'dwt97': ('wavelets', 'DWT97'),
     'haar': ('wavelets', 'HaarDWT'),
     'resize': ('baselines', 'ResizeFrontEnd'),
@@ -42,10 +43,16 @@ class FrontEnd(nn.Module):
     learned: bool = False
     can_reconstruct: bool = True
     low_name: str = 'IL'
+    first_layer: Optional[str] = None   # the front end's first conv (a model's pretrained_cfg['first_conv'])
 
     def __init__(self, low_chans: int, high_chans: int):
         super().__init__()
         self.low_chans, self.high_chans = low_chans, high_chans
+        self.reduction = 2                  # IL and IH have 1/reduction of the image's side
+        # IL's DC gain over the image average-pooled to IL's size (Haar: 2 per level); None when it has
+        # none (a learned front end from a random start). The standardisation's eval statistics start
+        # at it, so a converted network starts where it was (``WAEWrapper.from_trained``).
+        self.low_gain: Optional[float] = None
         self.norm_low: nn.Module = nn.Identity()
         self.norm_high: nn.Module = nn.Identity()
         self.reparameterized = False
@@ -53,6 +60,8 @@ class FrontEnd(nn.Module):
     def standardize_outputs(self, low: bool, high: bool) -> None:
         """Non-affine BatchNorm on IL (and IH) before the networks, as the authors' released model."""
         self.norm_low = nn.BatchNorm2d(self.low_chans, affine=False) if low else nn.Identity()
+        if low and self.low_gain is not None:
+            self.norm_low.running_var.fill_(self.low_gain ** 2)
         self.norm_high = nn.BatchNorm2d(self.high_chans, affine=False) if high and self.high_chans else nn.Identity()
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .front_ends import FrontEnd
 
-__all__ = ["DWT97", "HaarDWT", "dwt2", "idwt2", "haar_matrix", "pad_to_even"]
+__all__ = ["DWT97", "HaarDWT", "dwt2", "idwt2", "haar_matrix", "pad_to_even", "pad_to_multiple"]
 
 _TAPS = 9
 # Circular padding that aligns the convolutions with pywt's periodization mode
@@ -122,6 +122,7 @@ class DWT97(FrontEnd):
 
     def __init__(self, in_chans: int = 3) -> None:
         super().__init__(in_chans, 3 * in_chans)
+        self.low_gain = 2.0  # the lowpass filters sum to sqrt(2) in each direction
         dtype = torch.get_default_dtype()
         self.register_buffer("analysis_bank", _ANALYSIS.to(dtype), persistent=False)
         self.register_buffer("synthesis_bank", _SYNTHESIS.to(dtype), persistent=False)
@@ -150,33 +151,53 @@ class DWT97(FrontEnd):
         return out if size is None else out[..., :size[0], :size[1]]
 
 
-def haar_matrix(channels: int) -> Tensor:
-    """The orthonormal Haar analysis as a [4C, 4C] matrix on ``F.pixel_unshuffle(x, 2)``'s channels.
+def haar_matrix(channels: int, levels: int = 1) -> Tensor:
+    """The orthonormal Haar analysis as a [s²C, s²C] matrix on ``F.pixel_unshuffle(x, s)``'s channels,
+    s = 2**levels (the side of the pixel block one output position covers).
 
-    Input channel ``4c + 2i + j`` holds pixel (i, j) of each 2x2 block of image channel ``c``.
-    Output rows ``0..C-1`` are the cA of each channel, rows ``C + 3c, C + 3c + 1, C + 3c + 2`` its cH,
-    cV, cD (pywt's 'haar' signs and order, the same layout as ``dwt2``). Orthonormal: the inverse is
-    the transpose.
+    One level (s = 2): input channel ``4c + 2i + j`` holds pixel (i, j) of each 2x2 block of image
+    channel ``c``. Output rows ``0..C-1`` are the cA of each channel, rows ``C + 3c, C + 3c + 1,
+    C + 3c + 2`` its cH, cV, cD (pywt's 'haar' signs and order, the same layout as ``dwt2``).
+    Two levels (s = 4): rows ``0..C-1`` are the cA of the cA (4x the 4x4 block's mean), the next
+    3C rows the second level's details (same layout), the last 12C rows the first level's details
+    at the quarter side (``pixel_unshuffle(details, 2)``). Orthonormal: the inverse is the transpose.
     """
-    block = torch.tensor([[1., 1., 1., 1.],      # cA
-                          [1., 1., -1., -1.],    # cH: high-pass along H
-                          [1., -1., 1., -1.],    # cV: high-pass along W
-                          [1., -1., -1., 1.]],   # cD
-                         dtype=torch.float64) / 2
-    m = torch.zeros(4 * channels, 4 * channels, dtype=torch.float64)
-    for c in range(channels):
-        m[c, 4 * c:4 * c + 4] = block[0]
-        m[channels + 3 * c:channels + 3 * c + 3, 4 * c:4 * c + 4] = block[1:]
-    return m
+    if levels == 1:
+        block = torch.tensor([[1., 1., 1., 1.],      # cA
+                              [1., 1., -1., -1.],    # cH: high-pass along H
+                              [1., -1., 1., -1.],    # cV: high-pass along W
+                              [1., -1., -1., 1.]],   # cD
+                             dtype=torch.float64) / 2
+        m = torch.zeros(4 * channels, 4 * channels, dtype=torch.float64)
+        for c in range(channels):
+            m[c, 4 * c:4 * c + 4] = block[0]
+            m[channels + 3 * c:channels + 3 * c + 3, 4 * c:4 * c + 4] = block[1:]
+        return m
+    if levels != 2:
+        raise ValueError(f'levels must be 1 or 2, got {levels!r}')
+    # compose the one-level transform twice on the 16C basis images of one 4x4 block
+    n = 16 * channels
+    basis = F.pixel_shuffle(torch.eye(n, dtype=torch.float64).view(n, n, 1, 1), 4)   # [n, C, 4, 4]
+    one = haar_matrix(channels)[:, :, None, None]
+    level1 = F.conv2d(F.pixel_unshuffle(basis, 2), one)                               # [n, 4C, 2, 2]
+    level2 = F.conv2d(F.pixel_unshuffle(level1[:, :channels], 2), one)                # [n, 4C, 1, 1]
+    out = torch.cat([level2, F.pixel_unshuffle(level1[:, channels:], 2)], dim=1)      # [n, n, 1, 1]
+    return out[:, :, 0, 0].t().contiguous()
 
 
 def pad_to_even(x: Tensor) -> Tensor:
     """Repeat the last row / column of an odd-sized image (pywt's 'symmetric' mode for 2-tap filters)."""
-    if torch.jit.is_tracing():  # a trace is for the example's (even) size: no Python branch to bake in
+    return pad_to_multiple(x, 2)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Repeat the last rows / columns until H and W are multiples of ``multiple`` (2: ``pad_to_even``)."""
+    if torch.jit.is_tracing():  # a trace is for the example's size: no Python branch to bake in
         return x
     h, w = x.shape[-2:]
-    if h % 2 or w % 2:
-        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
     return x
 
 
@@ -194,6 +215,7 @@ class HaarDWT(FrontEnd):
 
     def __init__(self, in_chans: int = 3) -> None:
         super().__init__(in_chans, 3 * in_chans)
+        self.low_gain = 2.0  # the lowpass filters sum to sqrt(2) in each direction
         self.in_chans = in_chans
         self.register_buffer("matrix", haar_matrix(in_chans).to(torch.get_default_dtype()), persistent=False)
         self.register_buffer("bias", None, persistent=False)  # set by reparameterize()

@@ -6,6 +6,7 @@
 
 The paper averages the two scores; the authors' released model sums them (same argmax).
 """
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -18,7 +19,7 @@ from timm.models.vgg import ConvMlp
 from torch import Tensor, nn
 
 from .autoencoder import check_image
-from .front_ends import create_front_end
+from .front_ends import create_front_end, front_end_class
 from .shrink import shrink_width
 
 __all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp', 'wae_layer_names', 'widen_first_conv',
@@ -147,8 +148,8 @@ def wae_layer_names(backbone_cfg: Dict[str, Any], front_end: str = 'wae', fusion
     """
     inner = backbone_cfg.get('classifier') or 'head.fc'
     classifier = f'backbone.{inner if isinstance(inner, str) else inner[0]}'
-    first_conv = {'wae': 'front_end.encoder.stem.0', 'wae2': 'front_end.encoder.analysis'}.get(
-        front_end, f'backbone.{backbone_cfg.get("first_conv", "")}')
+    layer = front_end_class(front_end).first_layer
+    first_conv = f'front_end.{layer}' if layer else f'backbone.{backbone_cfg.get("first_conv", "")}'
     return dict(first_conv=first_conv, classifier=(classifier, 'fusion_head.head.fc') if fusion_head else classifier)
 
 
@@ -230,11 +231,13 @@ class WAEWrapper(nn.Module):
                 backbone_kwargs['num_classes'] = num_classes
             inner = timm.models.get_pretrained_cfg(backbone)
             if inner is not None and inner.fixed_input_size and 'img_size' not in backbone_kwargs:
-                # a fixed token grid (ViT): the backbone is built for IL, half the image's size
-                backbone_kwargs['img_size'] = [math.ceil(s / 2) for s in inner.input_size[1:]]
+                # a fixed token grid (ViT): the backbone is built for IL, 1/reduction of the image's size
+                backbone_kwargs['img_size'] = [math.ceil(s / self.front_end.reduction) for s in inner.input_size[1:]]
             backbone = timm.create_model(
                 backbone, pretrained=pretrained_backbone, in_chans=low_chans, **backbone_kwargs)
-        elif not isinstance(backbone, nn.Module):
+        elif isinstance(backbone, nn.Module):
+            backbone = copy.deepcopy(backbone)  # the caller's network stays as it was, and still runs
+        else:
             raise TypeError(f'backbone must be a timm model name or nn.Module, got {type(backbone).__name__}')
         for method in ('forward_features', 'forward_head', 'reset_classifier'):
             if not callable(getattr(backbone, method, None)):
@@ -260,11 +263,12 @@ class WAEWrapper(nn.Module):
         # token models' features are [B, N, C] (channels last, N tokens with prefix tokens first)
         self.prefix_tokens = getattr(backbone, 'num_prefix_tokens', -1)
         self.channel_dim = 2 if self.prefix_tokens >= 0 else 1
-        # a size the networks run at: a fixed token grid's, else half the backbone's size rounded up to a
-        # multiple of 64 (HRNet, DLA need one)
+        # a size the networks run at: a fixed token grid's, else the backbone's size over the front end's
+        # reduction, rounded up to a multiple of 64 (HRNet, DLA need one)
         grid = getattr(getattr(backbone, 'patch_embed', None), 'img_size', None)
+        step = 64 * self.front_end.reduction
         self.branch_size = list(grid) if grid else [
-            64 * max(math.ceil(s / 128), 1) for s in backbone.pretrained_cfg.get('input_size', (3, 224, 224))[1:]]
+            64 * max(math.ceil(s / step), 1) for s in backbone.pretrained_cfg.get('input_size', (3, 224, 224))[1:]]
         self.ih_branch = self.fusion_head = None
         if use_ih and not use_stem:
             self.ih_branch, self.high_features = shrink_width(backbone, width_divisor, high_chans, self.branch_size)
@@ -364,7 +368,8 @@ class WAEWrapper(nn.Module):
     # ------------------------------------------------------------------ feature pyramid (features_only)
     @property
     def feature_info(self) -> List[Dict[str, Any]]:
-        """The backbone's pyramid, reductions relative to the input image (the backbone's doubled).
+        """The backbone's pyramid, reductions relative to the input image (the backbone's times the front
+        end's reduction).
 
         With an IH branch, each level's channels are the backbone's plus the branch's: its map of
         the same level is joined by concatenation (average-pooled to the IL map's size where they
@@ -377,7 +382,7 @@ class WAEWrapper(nn.Module):
                 raise AttributeError(f'backbone {_backbone_name(self.backbone)!r} has no feature_info: no pyramid')
             info = [dict(i) for i in (info.info if hasattr(info, 'info') else info)]
             extra = self._branch_channels(len(info)) if self.ih_branch is not None else [0] * len(info)
-            self._feature_info = [dict(i, reduction=2 * i['reduction'], num_chs=i['num_chs'] + c,
+            self._feature_info = [dict(i, reduction=self.front_end.reduction * i['reduction'], num_chs=i['num_chs'] + c,
                                        module=f"backbone.{i['module']}") for i, c in zip(info, extra)]
         return self._feature_info
 
