@@ -77,13 +77,17 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     type: str = 'wae'                   # 'wae': WAEWrapper; 'timm': the plain backbone (full resolution)
-    backbone: str = 'resnet18'
+    backbone: Optional[str] = 'resnet18'  # None: the architecture of backbone_from
     front_end: str = 'wae'              # 'wae', 'wae2' (learned), 'dwt97', 'haar' (Wavelet+CNN), 'resize' (IR)
     use_ih: bool = True                 # False: no IH branch or fusion head (IL only, IR)
     ih_fusion: str = 'branch'           # 'branch' (quarter-width copy, the paper) or 'stem' (backbone's input)
     num_classes: Optional[int] = None   # None: the number of class folders
     pretrained_backbone: bool = False
-    backbone_from: Optional[str] = None  # a trained model folder (plain backbone) the backbone starts from
+    backbone_from: Optional[str] = None  # a trained network to convert: a model folder, a timm name with its
+                                         # pretrained tag (resnet50.a1_in1k), an hf-hub: id, or a .safetensors file
+                                         # of `backbone`; the model starts where it was (WAEWrapper.from_trained)
+    fixed_low_norm: bool = False        # IL's standardisation keeps its starting statistics (IL = the pooled
+                                        # image of a converted network) instead of following each batch
     wae_width: int = 16
     width_divisor: int = 4
     drop_rate: float = 0.0
@@ -303,9 +307,13 @@ def check_paths(cfg: Config) -> None:
     if cfg.data.root is not None:
         for split in (cfg.data.train_split, cfg.data.val_split):
             check_image_folder(resolve(cfg.data.root) / split)
-    for key, value in (('init_from', cfg.init_from), ('model.backbone_from', cfg.model.backbone_from)):
-        if value is not None and not resolve(value).exists():
-            raise FileNotFoundError(f'{key}={value!r} does not exist')
+    if cfg.init_from is not None and not resolve(cfg.init_from).exists():
+        raise FileNotFoundError(f'init_from={cfg.init_from!r} does not exist')
+    spec = cfg.model.backbone_from  # a path, or a model name / hf-hub: id to load
+    if spec is not None and not resolve(spec).exists() and not (
+            spec.startswith('hf-hub:') or timm.is_model(spec.split('.')[0])):
+        raise FileNotFoundError(f'model.backbone_from={spec!r} does not exist, and is not a timm model name '
+                                f'(resnet50.a1_in1k) or an hf-hub: id')
 
 
 def data_root(cfg: Config) -> Path:
@@ -351,26 +359,39 @@ def train_loader(dataset, batch_size: int, cfg: Config, accelerator: Accelerator
 
 
 # =============================================================================== model and losses
-def trained_backbone(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """``backbone_from``'s model with its weights: converting a trained network into a WAE model."""
-    from timm_wae.hub import create_model
-    model = create_model(str(resolve(cfg.backbone_from)), pretrained=True)
-    arch = model.pretrained_cfg.get('architecture')
-    if arch != cfg.backbone or model.num_classes != num_classes:
-        raise ValueError(f'model.backbone_from={cfg.backbone_from!r} is a {arch!r} with {model.num_classes} classes; '
-                         f'this run needs a {cfg.backbone!r} with {num_classes}')
+def load_network(spec: str, arch: Optional[str], num_classes: Optional[int], what: str) -> nn.Module:
+    """A trained network with its weights: a model folder, a registered name (with its pretrained tag),
+    an hf-hub: id, or a .safetensors file of ``arch``; checked against ``arch`` and the classes (None:
+    any)."""
+    from timm_wae.hub import create_model, load_weights
+    local = resolve(spec)
+    if local.suffix == '.safetensors':
+        if arch is None:
+            raise ValueError(f'{what}={spec!r} is a weights file: name its architecture (model.backbone)')
+        if not local.is_file():
+            raise FileNotFoundError(f'{what}={spec!r} does not exist')
+        model = timm.create_model(arch, **({} if num_classes is None else dict(num_classes=num_classes)))
+        model = load_weights(model, local)
+    else:
+        model = create_model(str(local) if local.exists() else spec, pretrained=True)
+    found = model.pretrained_cfg.get('architecture')
+    if (arch is not None and found != arch) or num_classes not in (None, model.num_classes):
+        raise ValueError(f'{what}={spec!r} is a {found!r} with {model.num_classes} classes; '
+                         f'this run needs a {arch or found!r} with {num_classes}')
     return model
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """The run's model; with ``backbone_from``, the trained network converted (it starts where it was)."""
     if cfg.type == 'timm':  # the full-resolution baseline: the backbone itself
         return timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, num_classes=num_classes,
                                  drop_rate=cfg.drop_rate)
-    backbone = trained_backbone(cfg, num_classes) if cfg.backbone_from else cfg.backbone
-    return WAEWrapper(backbone, num_classes=num_classes, front_end=cfg.front_end, use_ih=cfg.use_ih,
-                      ih_fusion=cfg.ih_fusion,
-                      width_divisor=cfg.width_divisor, drop_rate=cfg.drop_rate,
-                      wae_width=cfg.wae_width, pretrained_backbone=cfg.pretrained_backbone)
+    args = dict(num_classes=num_classes, front_end=cfg.front_end, use_ih=cfg.use_ih, ih_fusion=cfg.ih_fusion,
+                width_divisor=cfg.width_divisor, drop_rate=cfg.drop_rate, wae_width=cfg.wae_width)
+    if cfg.backbone_from:
+        network = load_network(cfg.backbone_from, cfg.backbone, num_classes, 'model.backbone_from')
+        return WAEWrapper.from_trained(network, **args)
+    return WAEWrapper(cfg.backbone, pretrained_backbone=cfg.pretrained_backbone, **args)
 
 
 def set_trainable(model: nn.Module, stage: int, sc: StageConfig) -> bool:
@@ -391,9 +412,11 @@ class Objective(nn.Module):
     """One stage's loss as a module: DDP must see the forward that uses the trained parameters."""
 
     def __init__(self, model: nn.Module, stage: int, sc: StageConfig, transform_loss: TransformLoss,
-                 frozen_wae: bool = False, teacher: Optional[Teacher] = None, distill: Optional[DistillConfig] = None):
+                 frozen_wae: bool = False, teacher: Optional[Teacher] = None, distill: Optional[DistillConfig] = None,
+                 fixed_low_norm: bool = False):
         super().__init__()
         self.model, self.stage, self.gamma, self.frozen_wae = model, stage, sc.gamma, frozen_wae
+        self.fixed_low_norm = fixed_low_norm
         self.transform_loss = transform_loss
         # distillation: classification stages only. Held outside the module tree (a tuple): checkpoints
         # then carry no copy of the teacher, which loads from its own file on resume
@@ -412,6 +435,8 @@ class Objective(nn.Module):
         super().train(mode)
         if self.frozen_wae:
             self.model.front_end.encoder.eval()  # the frozen part; its output's standardisation keeps learning
+        if self.fixed_low_norm:
+            self.model.front_end.norm_low.eval()  # its starting statistics: IL stays the pooled image's scale
         return self
 
     def forward(self, x: Tensor, y: Tensor) -> Dict[str, Tensor]:
@@ -620,7 +645,8 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
         model = model.to(memory_format=torch.channels_last)
     frozen_wae = set_trainable(model, stage, sc)
     transform_loss = TransformLoss(sc.energy_weight)  # Lt of stages 1 and 3, in training and in val
-    objective = Objective(model, stage, sc, transform_loss, frozen_wae, teacher, cfg.distill)
+    objective = Objective(model, stage, sc, transform_loss, frozen_wae, teacher, cfg.distill,
+                          cfg.model.fixed_low_norm and isinstance(model, WAEWrapper))
 
     loader = train_loader(train_set, sc.batch_size, cfg, accelerator)
     steps_per_epoch = min(loader.batch_sampler.batches_per_epoch, sc.max_steps_per_epoch or math.inf)
@@ -778,6 +804,9 @@ def main(argv: List[str]) -> int:
 
 
 def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
+    if cfg.model.backbone_from and cfg.model.backbone is None:  # the architecture of the network to convert
+        network = load_network(cfg.model.backbone_from, None, None, 'model.backbone_from')
+        cfg = replace(cfg, model=replace(cfg.model, backbone=network.pretrained_cfg['architecture']))
     out_dir = resolve(cfg.output_dir)
     log = MetricsLog(out_dir / 'metrics.jsonl', accelerator.is_main_process)
     if log.size() and not cfg.resume and cfg.mode == 'train':  # every process sees the file: all stop
@@ -828,14 +857,19 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
         return 0
 
     teacher = None
-    if cfg.distill.teacher is not None:  # load and check it before any training
+    if cfg.distill.teacher is not None and cfg.distill.teacher.endswith('.safetensors'):
+        # a weights file of the backbone's architecture (a converted network's own file), seeing the full image
+        network = load_network(cfg.distill.teacher, cfg.model.backbone, len(classes), 'distill.teacher')
+        teacher = Teacher(network, (cfg.data.img_size, cfg.data.img_size)).to(accelerator.device)
+    elif cfg.distill.teacher is not None:  # load and check it before any training
         local = resolve(cfg.distill.teacher)
         spec = str(local) if local.exists() else cfg.distill.teacher  # a folder, else a model name
         teacher = load_teacher(spec, len(classes)).to(accelerator.device)
+    if teacher is not None:
         accelerator.print(f'distillation: teacher {cfg.distill.teacher} at {teacher.input_size} px, '
                           f'weight {cfg.distill.weight}, temperature {cfg.distill.temperature}')
-    if cfg.model.backbone_from is not None:
-        trained_backbone(cfg.model, len(classes))  # the same check, before any stage starts
+    if cfg.model.backbone_from is not None:  # the network to convert fits the data, before any stage starts
+        load_network(cfg.model.backbone_from, cfg.model.backbone, len(classes), 'model.backbone_from')
     init = resolve(cfg.init_from)
     for stage in cfg.stages:
         try:

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from timm_wae import TransformLoss, WaveletLikeAutoEncoder
-from timm_wae.autoencoder import HalfResolutionWAE
+from timm_wae.autoencoder import HalfResolutionWAE, QuarterResolutionWAE
 from timm_wae.bench import count_macs
-from timm_wae.wavelets import HaarDWT
+from timm_wae.wavelets import HaarDWT, haar_matrix
 
 
 @pytest.mark.parametrize('size', [(32, 32), (33, 47), (17, 16)])
@@ -84,9 +84,33 @@ def test_half_resolution_wae_starts_as_the_exact_haar_dwt_and_its_inverse(size):
     torch.testing.assert_close(wae.reconstruct(low, high, size), x, atol=1e-12, rtol=0)
 
 
-def test_half_resolution_wae_learns_every_part_from_the_transform_loss():
+@pytest.mark.parametrize('size', [(32, 32), (35, 47), (18, 13)])
+def test_quarter_resolution_wae_starts_as_two_exact_haar_levels_and_their_inverse(size):
+    """wae4: the cA of the cA (4x the 4x4 block mean), the second level's details of it, and the first
+    level's details at a quarter of the side; the decoder inverts it exactly, odd sizes included."""
+    wae = QuarterResolutionWAE(3, width=16).double()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    low, high = wae(x)
+    quarter = ((size[0] + 3) // 4, (size[1] + 3) // 4)
+    assert low.shape == (2, 3, *quarter) and high.shape == (2, 45, *quarter)
+    haar = HaarDWT(3).double()
+    padded = F.pad(x, (0, -size[1] % 4, 0, -size[0] % 4), mode='replicate')  # edge rows repeated, as pywt
+    ca, details1 = haar(padded)
+    ca2, details2 = haar(ca)
+    torch.testing.assert_close(low, ca2, atol=1e-12, rtol=0)
+    torch.testing.assert_close(low, 4 * F.avg_pool2d(padded, 4), atol=1e-12, rtol=0)
+    torch.testing.assert_close(high, torch.cat([details2, F.pixel_unshuffle(details1, 2)], 1), atol=1e-12, rtol=0)
+    torch.testing.assert_close(wae.reconstruct(low, high, size), x, atol=1e-12, rtol=0)
+    kept = (low.pow(2).sum() + high.pow(2).sum()).detach()
+    torch.testing.assert_close(kept, padded.pow(2).sum())  # orthonormal: every pixel's information kept
+    m = haar_matrix(3, levels=2)
+    torch.testing.assert_close(m @ m.t(), torch.eye(48, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize('cls', [HalfResolutionWAE, QuarterResolutionWAE])
+def test_half_resolution_wae_learns_every_part_from_the_transform_loss(cls):
     torch.manual_seed(0)
-    wae = HalfResolutionWAE(3)
+    wae = cls(3)
     x = torch.randn(4, 3, 24, 24)
     low, high = wae(x)
     TransformLoss(0.25)(x, wae.reconstruct(low, high, x.shape[-2:]), high).loss.backward()
@@ -112,14 +136,15 @@ def test_half_resolution_encoder_costs_under_a_quarter_of_the_papers():
     assert cheap <= 0.25 * paper, (cheap, paper)
 
 
-def test_half_resolution_wae_refuses_bad_input_by_name():
+@pytest.mark.parametrize('cls', [HalfResolutionWAE, QuarterResolutionWAE])
+def test_half_resolution_wae_refuses_bad_input_by_name(cls):
     with pytest.raises(ValueError, match='input channels'):
-        HalfResolutionWAE(3)(torch.randn(1, 4, 16, 16))
+        cls(3)(torch.randn(1, 4, 16, 16))
     with pytest.raises(ValueError, match='4-D'):
-        HalfResolutionWAE(3)(torch.randn(3, 16, 16))
+        cls(3)(torch.randn(3, 16, 16))
 
 
-@pytest.mark.parametrize('front_end', [WaveletLikeAutoEncoder, HalfResolutionWAE])
+@pytest.mark.parametrize('front_end', [WaveletLikeAutoEncoder, HalfResolutionWAE, QuarterResolutionWAE])
 def test_learned_front_ends_hand_back_the_callers_memory_layout(front_end):
     """They compute in channels_last on CPU; a model run channels_last end to end must stay so."""
     fe = front_end().eval()

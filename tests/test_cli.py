@@ -389,6 +389,29 @@ def test_train_launches_the_recipe_through_accelerate(tmp_path):
     assert json.loads(argv_out.read_text()) == [str(recipes / 'configs' / 'tiny.yaml'), 'epochs=2', 'model=wae_resnet18']
 
 
+def test_convert_is_the_conversion_recipe_with_the_network_as_backbone_and_teacher(tmp_path, data, capsys, monkeypatch):
+    """`timm-wae convert NETWORK`: the network is both the model to convert and the teacher, paths as the
+    user meant them (the recipe reads relative paths from the repository's root); a network that is
+    neither a path nor a timm name is refused before any launch."""
+    monkeypatch.chdir(tmp_path)
+    net, images = tmp_path / 'net', tmp_path / 'images'
+    net.mkdir()
+    images.mkdir()
+    for split in ('train', 'val'):
+        (images / split).symlink_to(data / 'split')
+    data = images
+    assert cli.main(['convert', 'net', '--data', str(data), '--output-dir', 'out', '--dry-run', 'stage2.epochs=1']) == 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith('accelerate launch') and 'recipes/configs/convert.yaml' in line
+    for part in (f'model.backbone_from={net}', f'distill.teacher={net}', f'data.root={data}',
+                 f'output_dir={tmp_path / "out"}', 'stage2.epochs=1'):
+        assert f' {part}' in line, part
+    assert cli.main(['convert', 'resnet50.a1_in1k', '--data', str(data), '--output-dir', 'out', '--dry-run']) == 0
+    assert 'model.backbone_from=resnet50.a1_in1k distill.teacher=resnet50.a1_in1k' in capsys.readouterr().err
+    assert cli.main(['convert', 'no_such_net', '--data', str(data), '--output-dir', 'out', '--dry-run']) == 2
+    assert "model.backbone_from='no_such_net' does not exist, and is not a timm model name" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------- user errors
 @pytest.mark.slow
 @pytest.mark.parametrize('case', ['missing_root', 'unknown_model', 'unreadable_image', 'train_missing_root'])

@@ -448,6 +448,27 @@ def test_converting_a_trained_network_with_distillation(data_root, tmp_path, mon
     first = start.backbone.pretrained_cfg['first_conv']
     torch.testing.assert_close(start.backbone.get_submodule(first).weight[:, :3], weights(teacher)[f'{first}.weight'])
 
+    # the conversion recipe: the architecture comes from the network (model.backbone null in convert.yaml), the
+    # model starts as the network on the pooled image, and a bare weights file converts too once named
+    tiny = [o for o in TINY if not o.startswith('model.backbone=')]
+    out = tmp_path / 'convert'
+    assert train.main([str(CONFIGS / 'convert.yaml'), f'data.root={data_root}', f'output_dir={out}', *tiny,
+                       f'model.backbone_from={teacher}', f'distill.teacher={teacher}']) == 0
+    saved_cfg = train.load_config(out / 'config.yaml', [])
+    assert saved_cfg.model.backbone == 'test_resnet' and (out / 'stage2' / 'done.json').is_file()
+    from timm_wae.hub import create_model
+    network = create_model(str(teacher)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for spec, extra in ((str(teacher), []), (str(teacher / 'model.safetensors'), ['model.backbone=test_resnet'])):
+        cfg = train.load_config(CONFIGS / 'convert.yaml', [f'model.backbone_from={spec}', *extra])
+        start = train.build_model(replace(cfg.model, backbone=cfg.model.backbone or 'test_resnet'), 3).eval()
+        with torch.no_grad():
+            ref = network(torch.nn.functional.avg_pool2d(x, 2))
+            assert ((start(x) - ref).norm() / ref.norm()).item() <= 1e-4, spec
+    with pytest.raises(ValueError, match='is a weights file: name its architecture'):
+        train.main([str(CONFIGS / 'convert.yaml'), f'data.root={data_root}', f'output_dir={tmp_path / "nofile"}',
+                    *tiny, f'model.backbone_from={teacher / "model.safetensors"}'])
+
     for bad, message in ((['distill.teacher=' + str(tmp_path / 'nowhere')], 'could not load the distillation teacher'),
                          ([f'distill.teacher={teacher}', 'model.num_classes=5'], 'num_classes=5'),
                          ([f'model.backbone_from={teacher}', 'model.backbone=resnet18'], "this run needs a 'resnet18'")):

@@ -93,15 +93,16 @@ def test_every_front_end_declares_what_it_can_do_and_reconstructs_where_it_says_
 
 
 REGISTERED = ['wae_vgg11', 'wae_vgg16', 'wae_vgg16_bn', 'wae_resnet18', 'wae_resnet34', 'wae_resnet50', 'wae2_resnet18',
-              'wae2_resnet50', 'wae2_efficientnet_b0', 'wae2_mobilenetv3_large_100']
+              'wae2_resnet50', 'wae2_efficientnet_b0', 'wae2_mobilenetv3_large_100', 'wae4_resnet18', 'wae4_resnet50',
+              'wae4_efficientnet_b0', 'wae4_mobilenetv3_large_100']
 
 
-FAST = ('wae_resnet18', 'wae2_resnet18')  # the others: the slow tier (full-size backbones)
+FAST = ('wae_resnet18', 'wae2_resnet18', 'wae4_resnet18')  # the others: the slow tier (full-size backbones)
 
 
 @pytest.mark.parametrize('name, kwargs', [pytest.param(n, {}, marks=() if n in FAST else pytest.mark.slow)
                                           for n in REGISTERED] + [
-    ('wae', dict(backbone='efficientnet_b0', front_end=f)) for f in ('wae', 'wae2', 'dwt97', 'haar', 'resize')])
+    ('wae', dict(backbone='efficientnet_b0', front_end=f)) for f in ('wae', 'wae2', 'wae4', 'dwt97', 'haar', 'resize')])
 def test_reparameterize_model_folds_the_standardisation_and_drops_the_decoder(name, kwargs, tmp_path):
     model = timm.create_model(name, num_classes=5, **kwargs).eval()
     with torch.no_grad():
@@ -303,6 +304,52 @@ def test_stem_fusion_of_a_trained_backbone_starts_as_that_backbone_on_il():
     assert model.backbone.conv1.weight.grad[:, 3:].abs().sum() > 0
 
 
+def _trained_looking(name: str, num_classes: int = 3) -> nn.Module:
+    """A timm network whose BatchNorms have statistics and affine parameters far from their init."""
+    torch.manual_seed(0)
+    net = timm.create_model(name, num_classes=num_classes)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize('front_end, reduction', [('wae2', 2), ('wae4', 4), ('haar', 2)])
+@pytest.mark.parametrize('ih_fusion', ['stem', 'branch'])
+def test_from_trained_starts_where_the_network_was_and_leaves_it_untouched(front_end, reduction, ih_fusion):
+    """Conversion: before any training the model is the network on the r x r pooled image (IL's
+    standardisation starts at the front end's gain, IH enters through zero weights or a zero-started
+    fusion classifier), and the caller's module is not changed: it still takes 3 channels and runs."""
+    net = _trained_looking('resnet18')
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 3, 128, 128)
+    model = WAEWrapper.from_trained(net, front_end=front_end, ih_fusion=ih_fusion).eval()
+    with torch.no_grad():
+        out, ref = model(x), net(F.avg_pool2d(x, reduction))
+    assert ((out - ref).norm() / ref.norm()).item() <= 1e-4
+    assert net.conv1.in_channels == 3 and net(x).shape == (4, 3)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # and training reaches the details: the IH weights (stem) or the fusion classifier get gradients
+    model.train()
+    F.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+    grad = model.backbone.conv1.weight.grad[:, 3:] if ih_fusion == 'stem' else model.fusion_head.head.fc.weight.grad
+    assert grad.abs().sum() > 0
+
+
+def test_from_trained_refuses_what_cannot_start_where_the_network_was():
+    net = _trained_looking('resnet18')
+    with pytest.raises(ValueError, match="front_end='wae' .*cannot start where the network was"):
+        WAEWrapper.from_trained(net, front_end='wae')
+    with pytest.raises(ValueError, match='standardize=False cannot start'):
+        WAEWrapper.from_trained(net, standardize=False)
+    with pytest.raises(TypeError, match='converts a trained nn.Module'):
+        WAEWrapper.from_trained('resnet18')
+
+
 def test_stem_fusion_and_front_end_names_are_checked():
     with pytest.raises(ValueError, match="unknown ih_fusion 'late'"):
         WAEWrapper('resnet18', ih_fusion='late')
@@ -327,8 +374,12 @@ def test_wae2_saves_and_reloads_with_its_fusion(tmp_path):
 
 def test_wae2_models_are_registered_with_their_backbones_transform_and_reload_from_a_folder(tmp_path):
     from timm_wae.hub import create_model, save_pretrained
-    assert set(timm.list_models('wae2_*')) == {'wae2_resnet18', 'wae2_resnet50', 'wae2_efficientnet_b0',
-                                                'wae2_mobilenetv3_large_100'}
+    for prefix in ('wae2', 'wae4'):
+        assert set(timm.list_models(f'{prefix}_*')) == {f'{prefix}_resnet18', f'{prefix}_resnet50',
+                                                         f'{prefix}_efficientnet_b0', f'{prefix}_mobilenetv3_large_100'}
+    wae4 = timm.create_model('wae4_resnet18.imagenette').eval()
+    assert (wae4.model_args['front_end'], wae4.ih_fusion, wae4.backbone.conv1.in_channels) == ('wae4', 'stem', 48)
+    assert wae4.feature_info[-1]['reduction'] == 128 and wae4(torch.randn(2, 3, 128, 128)).shape == (2, 10)
     model = timm.create_model('wae2_mobilenetv3_large_100.imagenette').eval()
     assert (model.model_args['front_end'], model.ih_fusion, model.num_classes) == ('wae2', 'stem', 10)
     inner = timm.models.get_pretrained_cfg('mobilenetv3_large_100')
@@ -343,8 +394,8 @@ def test_float64_images_are_named_and_torchscript_compiles_every_front_end():
     with pytest.raises(TypeError, match="images are torch.float64 but the model's weights are torch.float32"):
         model(X.double())
     assert model.double()(X.double()).dtype == torch.float64  # a float64 model takes float64 images
-    for kwargs in ({}, dict(front_end='wae2', ih_fusion='stem'), dict(front_end='dwt97'), dict(front_end='haar'),
-                   dict(front_end='resize')):
+    for kwargs in ({}, dict(front_end='wae2', ih_fusion='stem'), dict(front_end='wae4', ih_fusion='stem'),
+                   dict(front_end='dwt97'), dict(front_end='haar'), dict(front_end='resize')):
         model = WAEWrapper('resnet18', num_classes=3, **kwargs).eval()
         scripted = torch.jit.script(model)
         with torch.no_grad():

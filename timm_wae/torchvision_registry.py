@@ -94,8 +94,9 @@ def _make_builder(model_name: str, weights_enum: type) -> Callable[..., Any]:
 
 
 def register_torchvision_models() -> None:
-    """Register every ``wae_*`` and ``wae2_*`` timm model with torchvision (idempotent)."""
-    for name in timm.list_models(['wae_*', 'wae2_*']):
+    """Register every ``wae_*``, ``wae2_*`` and ``wae4_*`` timm model with torchvision (idempotent)."""
+    from .models import FAMILIES
+    for name in timm.list_models(list(FAMILIES)):
         if name in BUILTIN_MODELS:
             continue
         tags = [t for t in timm.list_pretrained(f'{name}.*')]

@@ -297,6 +297,31 @@ class WAEWrapper(nn.Module):
         )
         self.register_load_state_dict_pre_hook(_upgrade_hook)
 
+    @classmethod
+    def from_trained(cls, network: nn.Module, front_end: str = 'wae2', ih_fusion: str = 'stem',
+                     **kwargs: Any) -> 'WAEWrapper':
+        """Convert a trained classifier into a faster WAE model that starts where the network was.
+
+        The network is copied (the caller's module is untouched). In eval mode, before any training,
+        the model's output is ``network(F.avg_pool2d(x, r))`` (r = 2 for 'wae2' and 'haar', 4 for
+        'wae4'): IL's standardisation starts at the front end's gain over the pooled image, IH enters
+        through zero weights (``ih_fusion='stem'``) or a fusion classifier that starts at zero
+        (``'branch'``). Fine-tuning then learns what to take from IH (``recipes/configs/convert.yaml``).
+        """
+        if not isinstance(network, nn.Module):
+            raise TypeError(f'from_trained converts a trained nn.Module, got {type(network).__name__}; '
+                            f"for a timm name use WAEWrapper(name, pretrained_backbone=True)")
+        model = cls(network, front_end=front_end, ih_fusion=ih_fusion, **kwargs)
+        if model.front_end.low_gain is None or not isinstance(model.front_end.norm_low, nn.BatchNorm2d):
+            raise ValueError(f"front_end={front_end!r} with standardize={kwargs.get('standardize', True)} cannot start "
+                             f"where the network was (IL is not a known multiple of the pooled image): use "
+                             f"front_end='wae2', 'wae4' or 'haar' with standardize=True")
+        fc = model.fusion_head.head.fc if model.fusion_head is not None else None
+        if isinstance(fc, nn.Linear):
+            nn.init.zeros_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        return model
+
     @property
     def model_args(self) -> Dict[str, Any]:
         """Every argument of the architecture, JSON-serialisable: ``create_model('wae', **model_args)``

@@ -1,6 +1,6 @@
 """``timm-wae``: benchmark, evaluate, visualise, push and train WAE models and their baselines.
 
-One module per command (``bench``, ``evaluate``, ``visualize``, ``push``, ``train``), each with its
+One module per command (``bench``, ``evaluate``, ``visualize``, ``push``, ``train``, ``convert``), each with its
 ``add_parser`` and its ``run``, as Accelerate's ``commands`` package does. This package lives beside
 ``timm_wae``, not inside it: ``import timm_wae`` registers models with timm and so imports torch, and
 ``timm-wae --help``, ``--version`` and argument errors must answer without it. Commands import
@@ -19,10 +19,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import bench, evaluate, push, train, visualize
+from . import bench, convert, evaluate, push, train, visualize
 from .common import PROG, CLIError
 
-COMMANDS = (bench, evaluate, visualize, push, train)
+COMMANDS = (bench, evaluate, visualize, push, train, convert)
 
 EPILOG = """\
 MODEL is a registered timm name (wae_resnet18, wae_vgg16.imagenette, resnet50, ...; list them with
@@ -45,6 +45,9 @@ examples:
   # publish a model folder; train with the recipes (accelerate launch recipes/train.py ...)
   timm-wae push runs/try/stage3/model me/wae_resnet18.imagenette
   timm-wae train recipes/configs/smoke.yaml data.max_per_class=4 output_dir=runs/try
+
+  # a trained network into a faster WAE2 model that starts where it was, then a short distilled fine-tune
+  timm-wae convert runs/try/stage2/model --data data/imagenette160 --output-dir runs/convert
 
 Run "timm-wae COMMAND --help" for a command's options.
 """
@@ -91,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         # key=value overrides may follow train's options (train CONFIG --dry-run a=1); nothing else may
-        if getattr(args, 'command', None) == 'train' and all('=' in e and not e.startswith('-') for e in extra):
+        if getattr(args, 'command', None) in ('train', 'convert') and all('=' in e and not e.startswith('-') for e in extra):
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f'unrecognized arguments: {" ".join(extra)}')

@@ -1,4 +1,6 @@
-"""WAE2: the cheap half-resolution WAE, the project's speed-accuracy choice (MODEL_CARD.md, "Speed-accuracy front").
+"""WAE2 and WAE4: the cheap learned WAE that starts as the exact Haar DWT, the project's speed-accuracy
+choice (MODEL_CARD.md, "Speed-accuracy front"). The digit is how much the image's side shrinks:
+``wae2_*`` halve it (one Haar level), ``wae4_*`` quarter it (two levels, 45 detail channels).
 
 What changes against the paper's ``wae_*`` models (which stay as the reproduction):
 - the encoder (``front_end='wae2'``) runs at half resolution after a space-to-depth and starts as
@@ -17,19 +19,19 @@ from ._factory import create_wae, hub_cfgs
 
 IH_FUSION = 'stem'  # the default of every wae2_* model
 
-# model name -> backbone; each backbone's own eval transform is what the recipes train with
+# model name -> backbone; the name's prefix is the front end. Each backbone's own eval transform is what
+# the recipes train with.
 _BACKBONES = {
-    'wae2_resnet18': 'resnet18',
-    'wae2_resnet50': 'resnet50',
-    'wae2_efficientnet_b0': 'efficientnet_b0',
-    'wae2_mobilenetv3_large_100': 'mobilenetv3_large_100',
+    f'{front_end}_{backbone}': backbone
+    for front_end in ('wae2', 'wae4')
+    for backbone in ('resnet18', 'resnet50', 'efficientnet_b0', 'mobilenetv3_large_100')
 }
 
 
 def _cfgs(name: str, backbone: str) -> Dict[str, Dict[str, Any]]:
     inner = get_pretrained_cfg(backbone).to_dict()
     transform = {k: inner[k] for k in ('interpolation', 'crop_pct')}
-    return hub_cfgs(name, backbone, 'wae2', fusion_head=IH_FUSION == 'branch', imagenette=transform)
+    return hub_cfgs(name, backbone, name.split('_')[0], fusion_head=IH_FUSION == 'branch', imagenette=transform)
 
 
 default_cfgs = generate_default_cfgs({
@@ -38,7 +40,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> WAEWrapper:
-    args = dict(backbone=_BACKBONES[variant], front_end='wae2', ih_fusion=IH_FUSION)
+    args = dict(backbone=_BACKBONES[variant], front_end=variant.split('_')[0], ih_fusion=IH_FUSION)
     return create_wae(variant, pretrained, **dict(args, **kwargs))
 
 
@@ -64,3 +66,27 @@ def wae2_efficientnet_b0(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
 def wae2_mobilenetv3_large_100(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE2 + MobileNetV3-Large 1.0."""
     return _create('wae2_mobilenetv3_large_100', pretrained, **kwargs)
+
+
+@register_model
+def wae4_resnet18(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE4 + ResNet-18: two Haar levels (a quarter of the side), the 45 detail channels into the first conv."""
+    return _create('wae4_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def wae4_resnet50(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE4 + ResNet-50."""
+    return _create('wae4_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def wae4_efficientnet_b0(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE4 + EfficientNet-B0."""
+    return _create('wae4_efficientnet_b0', pretrained, **kwargs)
+
+
+@register_model
+def wae4_mobilenetv3_large_100(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE4 + MobileNetV3-Large 1.0."""
+    return _create('wae4_mobilenetv3_large_100', pretrained, **kwargs)

@@ -1,0 +1,40 @@
+"""``timm-wae convert``: a trained network into a faster WAE model, fine-tuned with the conversion recipe.
+
+It is ``timm-wae train convert`` with the network as both the backbone to convert and the
+distillation teacher (recipes/configs/convert.yaml says why and what the fine-tune does).
+"""
+import argparse
+from pathlib import Path
+
+from . import common, train
+
+
+def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentParser:
+    p = common.add_command(
+        sub, fmt, 'convert', help='convert a trained network into a faster WAE2 model (short distilled fine-tune)',
+        description='Builds a WAE2 model around the trained NETWORK that starts exactly where the network was '
+                    '(its output is the network\'s on the 2x2-pooled image), then fine-tunes it on DIR with '
+                    'distillation from NETWORK at full resolution (recipes/configs/convert.yaml; key=value '
+                    'overrides as for train). NETWORK: a model folder, a timm name with its pretrained tag, '
+                    'an hf-hub: id, or a .safetensors file (then pass model.backbone=ARCH).',
+        examples=['timm-wae convert runs/pareto/lowres128_s0/stage2/model --data ../shared/data/imagenette160 '
+                  '--output-dir runs/convert/resnet18',
+                  'timm-wae convert resnet50.a1_in1k --data imagenet/ --output-dir runs/convert/r50 '
+                  'model.front_end=wae4 stage2.epochs=1'])
+    p.add_argument('network', metavar='NETWORK')
+    p.add_argument('--data', required=True, metavar='DIR', help='an image folder with train/ and val/ class folders')
+    p.add_argument('--output-dir', required=True, metavar='OUT')
+    p.add_argument('overrides', nargs='*', metavar='key=value')
+    p.add_argument('--launcher-args', metavar='"ARGS"', help='options for accelerate launch, as one string')
+    p.add_argument('--dry-run', action='store_true', help='print the command without running it')
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    # paths as the user meant them (the recipe reads relative paths from the repository's root)
+    network = str(Path(args.network).resolve()) if Path(args.network).exists() else args.network
+    overrides = [f'model.backbone_from={network}', f'distill.teacher={network}',
+                 f'data.root={Path(args.data).resolve()}', f'output_dir={Path(args.output_dir).resolve()}',
+                 *args.overrides]
+    return train.run(argparse.Namespace(config='convert', overrides=overrides, launcher_args=args.launcher_args,
+                                        dry_run=args.dry_run))
