@@ -1,14 +1,20 @@
 """The speed-accuracy study's table, CSV and figure, from recipes/pareto_imagenette.sh's runs.
 
     python recipes/report_pareto.py [runs/pareto] [--csv docs/pareto_imagenette.csv] [--png docs/pareto_imagenette.png]
+                                   [--ledger docs/pareto_runs.csv]
 
-One row per architecture (run folders ``<row>_s<seed>``; the seeds of a row are averaged, the
-spread is half their range). Errors come from ``measure/eval_<run>.json`` (all of val), timings
-and MACs from the one bench run in ``measure/bench.json`` (seed 0 of each row, each at its own
-input size). For every row that is not on the lower-resolution curve, ``lowres_err_at_ms_b8`` is
-that curve linearly interpolated at the row's batch-8 latency and ``gain_vs_lowres`` how many
-top-1 points the row is better (negative: worse); ``gain_vs_wavelet`` the same against the
-wavelet rows' curve. ``study`` is 'scratch' (trained from scratch) or 'converted' (fine-tuned from a
+One row per architecture (runs ``<row>_s<seed>``; the seeds of a row are averaged, the spread is
+half their range). Errors come from ``measure/eval_<run>.json`` (all of val) and, for runs of
+earlier sessions whose folders are gone, from the ledger of every run's errors (docs/pareto_runs.csv,
+which this script brings up to date with the eval files); timings and MACs from the one bench run
+in ``measure/bench.json`` over ``arch/<row>`` (each row's architecture, untrained, at its own input
+size: recipes/pareto_architectures.py) or, before those folders, over seed 0's model. For every row
+that is not on the lower-resolution curve, ``lowres_err_at_ms_b8`` is that curve linearly
+interpolated at the row's batch-8 latency and ``gain_vs_lowres`` how many top-1 points the row is
+better (negative: worse); ``gain_vs_wavelet`` the same against the wavelet rows' curve;
+``lowres_ms_at_err`` the batch-8 latency at which the lower-resolution curve reaches the row's error
+and ``speedup_vs_lowres`` that over the row's latency (how much faster at equal accuracy; empty where
+the curve does not reach the row's error). ``levels``: the front end's Haar levels (2 for wae4). ``study`` is 'scratch' (trained from scratch) or 'converted' (fine-tuned from a
 trained network: ``init_from`` / ``model.backbone_from``); rows are compared within their study and
 backbone. ``on_front``: no other row of the same study and backbone is both faster (batch 8) and
 more accurate.
@@ -23,9 +29,10 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-COLUMNS = ['row', 'kind', 'study', 'backbone', 'img_size', 'front_end', 'ih_fusion', 'seeds', 'top1_err', 'top1_err_spread', 'top5_err',
-           'gmac', 'params_m', 'ms_b1', 'ms_b8', 'on_front', 'lowres_err_at_ms_b8', 'gain_vs_lowres',
-           'wavelet_err_at_ms_b8', 'gain_vs_wavelet']
+COLUMNS = ['row', 'kind', 'study', 'backbone', 'levels', 'img_size', 'front_end', 'ih_fusion', 'seeds', 'top1_err',
+           'top1_err_spread', 'top5_err', 'gmac', 'params_m', 'ms_b1', 'ms_b8', 'on_front', 'lowres_err_at_ms_b8',
+           'gain_vs_lowres', 'lowres_ms_at_err', 'speedup_vs_lowres', 'wavelet_err_at_ms_b8', 'gain_vs_wavelet']
+LEDGER_COLUMNS = ['run', 'top1_err', 'top5_err', 'source']
 
 
 def kind_of(model_cfg: Dict) -> str:
@@ -45,36 +52,87 @@ def interpolate(curve: Sequence[tuple], x: float) -> Optional[float]:
     return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
 
 
-def collect(runs: Path) -> List[Dict]:
+def row_of(run: str) -> str:
+    m = re.fullmatch(r'(.+)_s(\d+)', run)
+    return m.group(1) if m else run
+
+
+def inverse_interpolate(curve: Sequence[tuple], y: float) -> Optional[float]:
+    """The smallest x at which the piecewise-linear curve [(x, y), ...] (in x order) comes down to y;
+    None where it never does (no extrapolation)."""
+    pts = sorted(curve)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if min(y0, y1) <= y <= max(y0, y1):
+            return x0 if y1 == y0 else x0 + (x1 - x0) * (y - y0) / (y1 - y0)
+    return pts[0][0] if len(pts) == 1 and pts[0][1] == y else None
+
+
+def read_ledger(path: Optional[Path]) -> Dict[str, Dict]:
+    if path is None or not path.is_file():
+        return {}
+    with path.open() as f:
+        return {r['run']: dict(r, top1_err=float(r['top1_err']), top5_err=float(r['top5_err'])) for r in csv.DictReader(f)}
+
+
+def evaluations(measure: Path, ledger: Optional[Path]) -> Dict[str, Dict]:
+    """run -> {top1_err, top5_err, source}: the eval files, over the ledger's runs of earlier sessions."""
+    runs = read_ledger(ledger)
+    for f in sorted(measure.glob('eval_*.json')):
+        clean = next(x for x in json.loads(f.read_text())['rows'] if x['noise_var'] == 0)
+        runs[f.stem[len('eval_'):]] = {'top1_err': clean['top1_err'], 'top5_err': clean['top5_err'],
+                                       'source': f'{f.name} ({clean.get("count", "?")} val images)'}
+    return runs
+
+
+def write_ledger(runs: Dict[str, Dict], path: Path) -> None:
+    with path.open('w', newline='') as f:
+        w = csv.DictWriter(f, LEDGER_COLUMNS)
+        w.writeheader()
+        for run in sorted(runs):
+            r = runs[run]
+            w.writerow({'run': run, 'top1_err': f"{r['top1_err']:.4f}", 'top5_err': f"{r['top5_err']:.4f}",
+                        'source': r['source']})
+
+
+def collect(runs: Path, ledger: Optional[Path] = None) -> List[Dict]:
     measure = runs / 'measure'
     bench = json.loads((measure / 'bench.json').read_text())
-    timing = {(Path(r['model']).parts[-3], r['batch_size']): r for r in bench['results']  # run folder's name
-              if r['dtype'] == 'fp32' and not r['channels_last'] and len(Path(r['model']).parts) >= 3}
+    timing = {}
+    for r in bench['results']:
+        path = Path(r['model'])
+        if r['dtype'] != 'fp32' or r['channels_last']:
+            continue
+        if path.parent.name == 'arch':  # an architecture folder of recipes/pareto_architectures.py
+            timing[(path.name, r['batch_size'])] = r
+        elif len(path.parts) >= 3:  # a run's model folder, <run>/stage<N>/model
+            timing.setdefault((row_of(path.parts[-3]), r['batch_size']), r)
     groups: Dict[str, List[str]] = {}
-    for f in sorted(measure.glob('eval_*.json')):
-        run = f.stem[len('eval_'):]
-        m = re.fullmatch(r'(.+)_s(\d+)', run)
-        groups.setdefault(m.group(1) if m else run, []).append(run)
+    evals = evaluations(measure, ledger)
+    for run in sorted(evals):
+        groups.setdefault(row_of(run), []).append(run)
     rows = []
     for row, members in groups.items():
-        timed = [r for r in members if (r, 8) in timing]
-        if not timed:
+        if (row, 8) not in timing:
             print(f'skip {row}: not in the bench run')
             continue
-        evals = [next(x for x in json.loads((measure / f'eval_{r}.json').read_text())['rows'] if x['noise_var'] == 0)
-                 for r in members]
-        cfg = yaml.safe_load((runs / timed[0] / 'config.yaml').read_text())
+        config = next((f for f in [runs / 'arch' / row / 'config.yaml', *(runs / m / 'config.yaml' for m in members)]
+                       if f.is_file()), None)
+        if config is None:
+            print(f'skip {row}: no config.yaml (run recipes/pareto_architectures.py)')
+            continue
+        cfg = yaml.safe_load(config.read_text())
         converted = cfg.get('init_from') or cfg['model'].get('backbone_from')
-        top1 = [e['top1_err'] for e in evals]
-        t1, t8 = timing[(timed[0], 1)], timing[(timed[0], 8)]
+        top1 = [evals[m]['top1_err'] for m in members]
+        t1, t8 = timing[(row, 1)], timing[(row, 8)]
         rows.append({
             'row': row, 'kind': kind_of(cfg['model']), 'study': 'converted' if converted else 'scratch',
             'backbone': cfg['model'].get('backbone', 'resnet18'),
+            'levels': 2 if cfg['model'].get('front_end') == 'wae4' and cfg['model'].get('type') != 'timm' else 1,
             'img_size': t8['img_size'],
             'front_end': cfg['model'].get('front_end') if cfg['model'].get('type') != 'timm' else '',
             'ih_fusion': cfg['model'].get('ih_fusion', 'branch') if cfg['model'].get('type') != 'timm' else '',
-            'seeds': len(evals), 'top1_err': statistics.mean(top1), 'top1_err_spread': (max(top1) - min(top1)) / 2,
-            'top5_err': statistics.mean(e['top5_err'] for e in evals), 'gmac': t8['gmacs'],
+            'seeds': len(members), 'top1_err': statistics.mean(top1), 'top1_err_spread': (max(top1) - min(top1)) / 2,
+            'top5_err': statistics.mean(evals[m]['top5_err'] for m in members), 'gmac': t8['gmacs'],
             'params_m': t8['params_m'], 'ms_b1': t1['median_ms'], 'ms_b8': t8['median_ms'],
         })
     for r in rows:
@@ -86,6 +144,10 @@ def collect(runs: Path) -> List[Dict]:
             ref = interpolate(curve, r['ms_b8']) if curve and r['kind'] != kind else None
             r[f'{kind}_err_at_ms_b8'] = ref
             r[f'gain_vs_{kind}'] = None if ref is None else ref - r['top1_err']
+            if kind == 'lowres':
+                at = inverse_interpolate(curve, r['top1_err']) if curve and r['kind'] != kind else None
+                r['lowres_ms_at_err'] = at
+                r['speedup_vs_lowres'] = None if at is None else at / r['ms_b8']
     return sorted(rows, key=lambda r: (r['backbone'] != 'resnet18', r['backbone'], r['study'] != 'scratch',
                                        r['kind'], r['ms_b8']))
 
@@ -132,13 +194,15 @@ def plot(rows: List[Dict], path: Path, title: str) -> None:
 
 def markdown(rows: List[Dict]) -> str:
     fmt = lambda v, p=2: '' if v is None else f'{v:+.{p}f}' if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ['| row | backbone | kind | study | px | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on front | vs lowres | vs wavelet |',
-             '|' + '---|' * 14]
+    speed = lambda r: '' if r['speedup_vs_lowres'] is None else f"{r['speedup_vs_lowres']:.2f}x"  # noqa: E731
+    lines = ['| row | backbone | kind | study | px | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on front | vs lowres | speed-up at equal err | vs wavelet |',
+             '|' + '---|' * 15]
     for r in rows:
         spread = f" ± {r['top1_err_spread']:.2f}" if r['seeds'] > 1 else ''
         lines.append(f"| {r['row']} | {r['backbone']} | {r['kind']} | {r['study']} | {r['img_size']} | {r['seeds']} | {r['top1_err']:.2f}{spread} "
                      f"| {r['top5_err']:.2f} | {r['gmac']:.3f} | {r['ms_b1']:.1f} | {r['ms_b8']:.1f} "
-                     f"| {'yes' if r['on_front'] else 'no'} | {fmt(r['gain_vs_lowres'])} | {fmt(r['gain_vs_wavelet'])} |")
+                     f"| {'yes' if r['on_front'] else 'no'} | {fmt(r['gain_vs_lowres'])} | {speed(r)} "
+                     f"| {fmt(r['gain_vs_wavelet'])} |")
     return '\n'.join(lines)
 
 
@@ -147,8 +211,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('runs', nargs='?', default='runs/pareto', type=Path)
     p.add_argument('--csv', type=Path, default=Path('docs/pareto_imagenette.csv'))
     p.add_argument('--png', type=Path, default=Path('docs/pareto_imagenette.png'))
+    p.add_argument('--ledger', type=Path, default=Path('docs/pareto_runs.csv'),
+                   help="every run's errors, kept across sessions (updated from the eval files)")
     args = p.parse_args(argv)
-    rows = collect(args.runs)
+    rows = collect(args.runs, args.ledger)
+    write_ledger(evaluations(args.runs / 'measure', args.ledger), args.ledger)
     write_csv(rows, args.csv)
     plot(rows, args.png, f'Imagenette ({args.runs.name}): trained from scratch (or converted), 12 epochs, bf16 training')
     print(markdown(rows))

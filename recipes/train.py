@@ -381,13 +381,15 @@ def load_network(spec: str, arch: Optional[str], num_classes: Optional[int], wha
     return model
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The run's model; with ``backbone_from``, the trained network converted (it starts where it was)."""
+def build_model(cfg: ModelConfig, num_classes: int, with_decoder: bool = False) -> nn.Module:
+    """The run's model; with ``backbone_from``, the trained network converted (it starts where it was).
+    ``with_decoder``: a learned front end gets its decoder (the run trains it with the transform loss)."""
     if cfg.type == 'timm':  # the full-resolution baseline: the backbone itself
         return timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, num_classes=num_classes,
                                  drop_rate=cfg.drop_rate)
     args = dict(num_classes=num_classes, front_end=cfg.front_end, use_ih=cfg.use_ih, ih_fusion=cfg.ih_fusion,
-                width_divisor=cfg.width_divisor, drop_rate=cfg.drop_rate, wae_width=cfg.wae_width)
+                width_divisor=cfg.width_divisor, drop_rate=cfg.drop_rate, wae_width=cfg.wae_width,
+                with_decoder=with_decoder)
     if cfg.backbone_from:
         network = load_network(cfg.backbone_from, cfg.backbone, num_classes, 'model.backbone_from')
         return WAEWrapper.from_trained(network, **args)
@@ -404,7 +406,8 @@ def set_trainable(model: nn.Module, stage: int, sc: StageConfig) -> bool:
         if not sc.train_front_end:
             wae.requires_grad_(False)
             return True
-        wae.decoder.requires_grad_(False)  # Decomposition+CNN: encoder on Lc only, no decoder
+        if wae.can_reconstruct:
+            wae.decoder.requires_grad_(False)  # Decomposition+CNN: encoder on Lc only, no decoder
     return False
 
 
@@ -638,7 +641,7 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
     stage_dir.mkdir(parents=True, exist_ok=True)
 
     set_seed(cfg.seed + stage)
-    model = build_model(cfg.model, len(classes))
+    model = build_model(cfg.model, len(classes), with_decoder=any(s in (1, 3) for s in cfg.stages))
     if init is not None:
         load_init(model, init)
     if cfg.model.channels_last:
@@ -847,7 +850,7 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
         model = build_model(cfg.model, len(classes))
         load_init(model, resolve(cfg.init_from))
         model = model.to(accelerator.device)
-        learned = isinstance(model, WAEWrapper) and model.front_end.learned
+        learned = isinstance(model, WAEWrapper) and model.front_end.learned and model.front_end.can_reconstruct
         transform = TransformLoss(cfg.stage3.energy_weight) if learned else None  # Lt as stage 3 weighs it
         val = evaluate(model, val_loader, accelerator, True, transform)
         log.write({'mode': 'eval', 'split': 'val', 'init_from': cfg.init_from,

@@ -397,9 +397,8 @@ def test_each_imagenette_config_trains_what_its_row_needs(name, data_root, tmp_p
         init = train.build_model(cfg.model, 3).state_dict()
         enc = [k for k in state if k.startswith('front_end.encoder.')]
         dec = [k for k in state if k.startswith('front_end.decoder.')]
-        assert enc and dec
+        assert enc and not dec  # no transform loss, so no decoder: every parameter of the model is trained
         assert any(not torch.equal(state[k], init[k]) for k in enc)
-        assert all(torch.equal(state[k], init[k]) for k in dec)
 
 
 def test_loader_mode_reports_images_per_second(data_root, tmp_path, monkeypatch):

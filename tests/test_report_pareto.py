@@ -62,8 +62,8 @@ def study(tmp_path):
 
 def test_csv_has_one_line_per_row_with_seed_means_spreads_and_the_comparison_to_the_lowres_curve(study, tmp_path):
     report = _report()
-    csv_path, png = tmp_path / 'out.csv', tmp_path / 'out.png'
-    assert report.main([str(study), '--csv', str(csv_path), '--png', str(png)]) == 0
+    csv_path, png, ledger = tmp_path / 'out.csv', tmp_path / 'out.png', tmp_path / 'runs.csv'
+    assert report.main([str(study), '--csv', str(csv_path), '--png', str(png), '--ledger', str(ledger)]) == 0
     with csv_path.open() as f:
         reader = csv.DictReader(f)
         rows = {r['row']: r for r in reader}
@@ -90,6 +90,41 @@ def test_csv_has_one_line_per_row_with_seed_means_spreads_and_the_comparison_to_
     assert (ft['study'], rows['ft_lowres64']['study'], wae2['study']) == ('converted', 'converted', 'scratch')
     assert float(ft['lowres_err_at_ms_b8']) == pytest.approx(26.0) and float(ft['gain_vs_lowres']) == pytest.approx(3.0)
     assert png.stat().st_size > 10_000
+    with ledger.open() as f:  # every run's errors, kept for the sessions after this one
+        kept = {r['run']: r for r in csv.DictReader(f)}
+    assert set(kept) == set(RUNS) and float(kept['wae2_stem_s1']['top1_err']) == 23.0
+    assert kept['wae2_stem_s1']['source'].startswith('eval_wae2_stem_s1.json')
+
+
+def test_runs_of_earlier_sessions_count_from_the_ledger_and_equal_accuracy_gives_the_speed_up(study, tmp_path):
+    """A run whose folder and eval file are gone still counts through the ledger; an architecture folder
+    (arch/<row>, untrained, timed in today's bench) stands for a row with no run folder. speedup_vs_lowres:
+    the lowres curve's latency at the row's error over the row's own."""
+    report = _report()
+    (study / 'measure' / 'eval_wae2_stem_s1.json').unlink()
+    ledger = tmp_path / 'runs.csv'
+    ledger.write_text('run,top1_err,top5_err,source\nwae2_stem_s1,24.0,3.9,earlier session\n'
+                      'wae4_stem_s0,26.0,4.5,earlier session\n')
+    arch = study / 'arch' / 'wae4_stem'
+    arch.mkdir(parents=True)
+    (arch / 'config.yaml').write_text(yaml.safe_dump({'model': {'type': 'wae', 'front_end': 'wae4', 'ih_fusion': 'stem'},
+                                                      'data': {'img_size': 128}}))
+    bench = json.loads((study / 'measure' / 'bench.json').read_text())
+    bench['results'] += [{'model': str(arch), 'batch_size': b, 'dtype': 'fp32', 'channels_last': False, 'median_ms': ms,
+                          'gmacs': 0.05, 'params_m': 11.0, 'img_size': 128} for b, ms in ((1, 4.0), (8, 25.0))]
+    (study / 'measure' / 'bench.json').write_text(json.dumps(bench))
+    rows = {r['row']: r for r in report.collect(study, ledger)}
+    assert rows['wae2_stem']['top1_err'] == pytest.approx(23.0) and rows['wae2_stem']['seeds'] == 2  # 22 (file), 24
+    wae4 = rows['wae4_stem']
+    assert (wae4['levels'], rows['wae2_stem']['levels'], wae4['seeds']) == (2, 1, 1)
+    # lowres curve (20 ms, 30 %) - (60 ms, 20.5 %): 26 % at 20 + 40 * 4 / 9.5 ms; 23 % at 20 + 40 * 7 / 9.5 ms
+    assert wae4['lowres_ms_at_err'] == pytest.approx(20 + 40 * 4 / 9.5)
+    assert wae4['speedup_vs_lowres'] == pytest.approx((20 + 40 * 4 / 9.5) / 25.0)
+    assert rows['wae2_stem']['speedup_vs_lowres'] == pytest.approx((20 + 40 * 7 / 9.5) / 40.0)
+    assert rows['lowres128']['speedup_vs_lowres'] is None
+    ledger.write_text('run,top1_err,top5_err,source\nwae2_stem_s1,10.0,1.0,earlier session\n')
+    better = {r['row']: r for r in report.collect(study, ledger)}['wae2_stem']  # 16 %: below the whole curve
+    assert better['speedup_vs_lowres'] is None and better['lowres_ms_at_err'] is None
 
 
 def test_a_dominated_row_is_off_the_front(study, tmp_path):
@@ -98,3 +133,26 @@ def test_a_dominated_row_is_off_the_front(study, tmp_path):
     rows = {r['row']: r for r in _report().collect(study)}
     assert not rows['haar']['on_front'] and rows['wae2_stem']['on_front']
     assert rows['haar']['gain_vs_lowres'] == pytest.approx(27.625 - 31.0)
+
+
+def test_architecture_folders_time_every_row_at_its_size_and_mark_conversions(tmp_path):
+    """recipes/pareto_architectures.py: one untrained folder per row (the first run's config), at the row's
+    input size, with the config.yaml the report reads; a row that starts from a trained network stays
+    marked as converted although the network itself is not needed for the timing."""
+    spec = importlib.util.spec_from_file_location('pareto_architectures', REPO / 'recipes' / 'pareto_architectures.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = tmp_path / 'rows.txt'
+    table.write_text('# comment\nlowres48_s0 full_resolution seed=0 data.img_size=48 model.backbone=test_resnet\n'
+                     'lowres48_s1 full_resolution seed=1 data.img_size=48 model.backbone=test_resnet\n'
+                     'ft_wae4_stem_s0 wae4_stem seed=0 model.backbone=test_resnet $CONVERT '
+                     'model.backbone_from=$OUT/lowres128_s0/stage2/model\n')
+    assert module.main([str(tmp_path / 'arch'), '--rows', str(table)]) == 0
+    assert sorted(p.name for p in (tmp_path / 'arch').iterdir()) == ['ft_wae4_stem', 'lowres48']
+    from timm_wae.hub import create_model
+    lowres, wae4 = (create_model(str(tmp_path / 'arch' / r)) for r in ('lowres48', 'ft_wae4_stem'))
+    assert tuple(lowres.pretrained_cfg['input_size']) == (3, 48, 48) and wae4.pretrained_cfg['input_size'][-1] == 128
+    assert wae4.model_args['front_end'] == 'wae4' and wae4.num_classes == 10
+    report = _report()
+    cfg = yaml.safe_load((tmp_path / 'arch' / 'ft_wae4_stem' / 'config.yaml').read_text())
+    assert cfg['model']['backbone_from'] == '$OUT/lowres128_s0/stage2/model' and report.kind_of(cfg['model']) == 'wae4'

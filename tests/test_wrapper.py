@@ -58,7 +58,7 @@ def test_output_is_the_sum_of_both_scores_and_the_loss_is_the_sum_of_both_cross_
 
 
 def test_inference_never_runs_the_decoder_but_training_with_reconstruction_does():
-    model = WAEWrapper('resnet18', num_classes=3)
+    model = WAEWrapper('resnet18', num_classes=3, with_decoder=True)
     calls = []
     model.front_end.decoder.register_forward_hook(lambda *a: calls.append(1))
     model.eval()
@@ -74,11 +74,11 @@ def test_inference_never_runs_the_decoder_but_training_with_reconstruction_does(
     torch.testing.assert_close(terms.energy, out.high.pow(2).mean())
 
 
-@pytest.mark.parametrize('front_end', ['wae', 'wae2', 'dwt97', 'haar', 'resize'])
+@pytest.mark.parametrize('front_end', ['wae', 'wae2', 'wae4', 'dwt97', 'haar', 'resize'])
 def test_every_front_end_declares_what_it_can_do_and_reconstructs_where_it_says_so(front_end):
-    model = WAEWrapper('resnet18', num_classes=3, front_end=front_end).eval()
+    model = WAEWrapper('resnet18', num_classes=3, front_end=front_end, with_decoder=True).eval()
     fe = model.front_end
-    assert isinstance(fe, FrontEnd) and fe.learned == (front_end in ('wae', 'wae2'))
+    assert isinstance(fe, FrontEnd) and fe.learned == (front_end in ('wae', 'wae2', 'wae4'))
     with torch.no_grad():
         low, high = fe(X)
     assert low.shape[1] == fe.low_chans and (high is None if fe.high_chans == 0 else high.shape[1] == fe.high_chans)
@@ -90,6 +90,40 @@ def test_every_front_end_declares_what_it_can_do_and_reconstructs_where_it_says_
     assert recon.shape == X.shape
     if not fe.learned:  # the fixed wavelets invert exactly
         torch.testing.assert_close(recon, X, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('front_end', ['wae', 'wae2', 'wae4'])
+def test_a_classifier_has_no_decoder_unless_asked_and_loads_files_that_hold_one(front_end, tmp_path):
+    """forward never runs the decoder, so a plain model has none: every parameter gets a gradient from
+    forward (DDP, timm's training loop). A model trained with one (with_decoder=True, config.json says
+    so) reloads with it, and a file that holds a decoder (the layout before 0.3) gives the model its
+    decoder rather than dropping it."""
+    from timm_wae.hub import create_model, load_weights, save_pretrained
+    model = WAEWrapper('resnet18', num_classes=3, front_end=front_end)
+    assert not [n for n, _ in model.named_parameters() if '.decoder.' in n] and not model.front_end.can_reconstruct
+    model(X).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    with pytest.raises(RuntimeError, match='has no decoder: build the model with with_decoder=True'):
+        model.forward_train(X, reconstruct=True)
+
+    trained = WAEWrapper('resnet18', num_classes=3, front_end=front_end, with_decoder=True).eval()
+    with torch.no_grad():
+        for p in trained.front_end.decoder.parameters():
+            p.add_(0.01)  # not the init: the decoder's weights must travel
+    save_pretrained(trained, tmp_path / 'm')
+    assert json.loads((tmp_path / 'm' / 'config.json').read_text())['model_args']['with_decoder'] is True
+    for loaded in (create_model(str(tmp_path / 'm')),  # config.json asks for it
+                   load_weights(WAEWrapper('resnet18', num_classes=3, front_end=front_end), tmp_path / 'm' / 'model.safetensors')):
+        loaded.eval()
+        low, high = loaded.decompose(X)
+        torch.testing.assert_close(loaded.front_end.reconstruct(low, high, X.shape[-2:]),
+                                   trained.front_end.reconstruct(low, high, X.shape[-2:]))
+    plain = WAEWrapper('resnet18', num_classes=3, front_end=front_end)
+    plain.load_state_dict(trained.state_dict())  # the plain torch route too
+    assert plain.front_end.can_reconstruct
+    folded = timm.utils.reparameterize_model(trained)
+    with pytest.raises(RuntimeError, match='inference form .* cannot reconstruct'):
+        folded.forward_train(X, reconstruct=True)
 
 
 REGISTERED = ['wae_vgg11', 'wae_vgg16', 'wae_vgg16_bn', 'wae_resnet18', 'wae_resnet34', 'wae_resnet50', 'wae2_resnet18',
@@ -104,7 +138,7 @@ FAST = ('wae_resnet18', 'wae2_resnet18', 'wae4_resnet18')  # the others: the slo
                                           for n in REGISTERED] + [
     ('wae', dict(backbone='efficientnet_b0', front_end=f)) for f in ('wae', 'wae2', 'wae4', 'dwt97', 'haar', 'resize')])
 def test_reparameterize_model_folds_the_standardisation_and_drops_the_decoder(name, kwargs, tmp_path):
-    model = timm.create_model(name, num_classes=5, **kwargs).eval()
+    model = timm.create_model(name, num_classes=5, with_decoder=True, **kwargs).eval()
     with torch.no_grad():
         for norm in (model.front_end.norm_low, model.front_end.norm_high):  # statistics far from (0, 1)
             if isinstance(norm, nn.BatchNorm2d):

@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from .front_ends import FrontEnd
@@ -19,6 +20,7 @@ __all__ = ['WAEEncoder', 'WAEDecoder', 'WaveletLikeAutoEncoder', 'TransformLoss'
            'HalfResolutionWAE', 'QuarterResolutionWAE', 'check_image']
 
 
+@register_notrace_function  # torch.fx records the call (the check runs in the traced module) instead of tracing it
 def check_image(x: Tensor, in_chans: int, what: str = 'image batch') -> None:
     """Fail early, with a message naming the problem, before any convolution sees a bad input.
 
@@ -152,16 +154,48 @@ class TransformLoss(nn.Module):
 
 
 class _LearnedFrontEnd(FrontEnd):
-    """A front end with an ``encoder`` (the forward) and a ``decoder`` (reconstruct, for the
-    transform loss), trained with that loss."""
+    """A front end with an ``encoder`` (the forward) and, for training it with the transform loss, a
+    ``decoder`` (``reconstruct``).
+
+    The decoder never runs in ``forward``: a classifier built around the front end has it only when
+    asked (``WAEWrapper(with_decoder=True)``, the recipes' stages 1 and 3, or ``attach_decoder()``),
+    so that an ordinary training loop (or DDP) never carries parameters without gradients.
+    """
 
     learned = True
+
+    def __init__(self, low_chans: int, high_chans: int):
+        super().__init__(low_chans, high_chans)
+        self.can_reconstruct = False
+
+    def _make_decoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    @torch.jit.unused
+    def attach_decoder(self) -> nn.Module:
+        """Give the front end its decoder (a no-op when it has one); returns it. Build the optimizer after."""
+        if self.reparameterized:
+            raise RuntimeError(f'this {type(self).__name__} is in its inference form (reparameterized): it cannot '
+                               f'get a decoder; train the unfolded model instead')
+        if not hasattr(self, 'decoder'):
+            self.decoder = self._make_decoder()
+            p = next(self.encoder.parameters())
+            self.decoder.to(device=p.device, dtype=p.dtype)
+        self.can_reconstruct = True
+        return self.decoder
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         return self.encoder(x)
 
     @torch.jit.unused
     def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
+        if not hasattr(self, 'decoder'):
+            if self.reparameterized:
+                raise RuntimeError(f'this {type(self).__name__} is in its inference form (reparameterized: the '
+                                   f'decoder was dropped) and cannot reconstruct; train or reconstruct with the '
+                                   f'unfolded model')
+            raise RuntimeError(f'this {type(self).__name__} has no decoder: build the model with with_decoder=True '
+                               f'(or call front_end.attach_decoder() before building the optimizer) to reconstruct')
         return self.decoder(low, high, size)
 
 
@@ -171,11 +205,15 @@ class WaveletLikeAutoEncoder(_LearnedFrontEnd):
 
     first_layer = 'encoder.stem.0'
 
-    def __init__(self, in_chans: int = 3, width: int = 16, sub_chans: int = 3):
+    def __init__(self, in_chans: int = 3, width: int = 16, sub_chans: int = 3, decoder: bool = True):
         super().__init__(sub_chans, sub_chans)
-        self.in_chans = in_chans
+        self.in_chans, self.width = in_chans, width
         self.encoder = WAEEncoder(in_chans, width, sub_chans)
-        self.decoder = WAEDecoder(sub_chans, width, in_chans)
+        if decoder:
+            self.attach_decoder()
+
+    def _make_decoder(self) -> nn.Module:
+        return WAEDecoder(self.low_chans, self.width, self.in_chans)
 
     def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
         for conv, scale, shift in ((self.encoder.to_low, scale_low, shift_low),
@@ -254,16 +292,21 @@ class HalfResolutionWAE(_LearnedFrontEnd):
     Lt's reconstruction term is zero before training and only the energy term moves the split."""
 
     levels = 1
+    reduction = 2
     first_layer = 'encoder.analysis'
 
-    def __init__(self, in_chans: int = 3, width: int = 16):
+    def __init__(self, in_chans: int = 3, width: int = 16, decoder: bool = True):
         factor = 2 ** self.levels
         super().__init__(in_chans, (factor ** 2 - 1) * in_chans)
-        self.in_chans = in_chans
-        self.reduction = factor
+        self.in_chans, self.width = in_chans, width
         self.low_gain = float(factor)  # the orthonormal Haar's cA is s x the s x s block's mean
         self.encoder = HaarStartEncoder(in_chans, width, self.levels)
-        self.decoder = HaarStartDecoder(in_chans, width, self.levels)
+        if decoder:
+            self.attach_decoder()
+
+    def _make_decoder(self) -> nn.Module:
+        """Starts as the exact inverse of the encoder's Haar start (its refinement's last conv is zero)."""
+        return HaarStartDecoder(self.in_chans, self.width, self.levels)
 
     def _fold_output(self, scale_low: Tensor, shift_low: Tensor, scale_high: Tensor, shift_high: Tensor) -> bool:
         """y = refine(analysis(x)) scaled by S and shifted by B: the analysis rows and the refinement's
@@ -287,3 +330,4 @@ class QuarterResolutionWAE(HalfResolutionWAE):
     """
 
     levels = 2
+    reduction = 4

@@ -6,8 +6,8 @@ Every front end (the learned WAEs, the fixed wavelets, the resize baseline) is a
   IH [B, high_chans, ...] for the quarter-width branch, or None when it makes no detail image;
 * ``reconstruct(low, high, size)``: the image again (a decoder or an inverse transform), where
   ``can_reconstruct``; otherwise it raises;
-* ``learned``: trained with the transform loss (it has a decoder); ``low_name``: what IL is, for
-  figure titles;
+* ``learned``: trained with the transform loss (through a decoder, which a classifier carries only
+  when asked: ``attach_decoder``); ``low_name``: what IL is, for figure titles;
 * ``norm_low`` / ``norm_high``: the non-affine standardisation of IL and IH before the networks
   (``WAEWrapper(standardize=True)``); ``forward`` returns the sub-images before it;
 * ``reparameterize()`` (what ``timm.utils.reparameterize_model`` calls): the inference form. The
@@ -21,6 +21,7 @@ import importlib
 from typing import Optional, Tuple, Type
 
 import torch
+from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
 __all__ = ['FrontEnd', 'create_front_end', 'front_end_class', 'FRONT_ENDS']
@@ -37,18 +38,19 @@ _CLASSES = {
 FRONT_ENDS = tuple(_CLASSES)
 
 
-class FrontEnd(nn.Module):
+@register_notrace_module  # torch.fx (create_feature_extractor) calls a front end as one leaf: its input checks and
+class FrontEnd(nn.Module):  # size-dependent padding are Python decisions, not ops to record
     """Base class: subclasses set ``low_chans`` / ``high_chans`` (0: no IH) and implement ``forward``."""
 
     learned: bool = False
     can_reconstruct: bool = True
     low_name: str = 'IL'
     first_layer: Optional[str] = None   # the front end's first conv (a model's pretrained_cfg['first_conv'])
+    reduction: int = 2                  # IL and IH have 1/reduction of the image's side
 
     def __init__(self, low_chans: int, high_chans: int):
         super().__init__()
         self.low_chans, self.high_chans = low_chans, high_chans
-        self.reduction = 2                  # IL and IH have 1/reduction of the image's side
         # IL's DC gain over the image average-pooled to IL's size (Haar: 2 per level); None when it has
         # none (a learned front end from a random start). The standardisation's eval statistics start
         # at it, so a converted network starts where it was (``WAEWrapper.from_trained``).
@@ -113,7 +115,8 @@ def front_end_class(name: str) -> Type[FrontEnd]:
     return getattr(importlib.import_module(f'{__package__}.{module}'), cls)
 
 
-def create_front_end(name: str, in_chans: int = 3, width: int = 16) -> FrontEnd:
-    """The front end called ``name`` for ``in_chans``-channel images; ``width``: a learned WAE's inner channels."""
+def create_front_end(name: str, in_chans: int = 3, width: int = 16, decoder: bool = True) -> FrontEnd:
+    """The front end called ``name`` for ``in_chans``-channel images; ``width``: a learned WAE's inner
+    channels; ``decoder``: whether a learned one gets its decoder (to train it with the transform loss)."""
     cls = front_end_class(name)
-    return cls(in_chans, width) if cls.learned else cls(in_chans)
+    return cls(in_chans, width, decoder=decoder) if cls.learned else cls(in_chans)

@@ -60,7 +60,7 @@ def check_state_dict(
     source = source or _source(cfg)
     arch = cfg.get('architecture', type(model).__name__)
     if isinstance(model, WAEWrapper):  # files saved before the front end's rename load too
-        state_dict = upgrade_state_dict(dict(state_dict))
+        state_dict = upgrade_state_dict(dict(state_dict), model=model)
     expected = model.state_dict()
     new_classes = getattr(model, 'num_classes', None) != cfg.get('num_classes')
     skip = _classifier_keys(cfg) if adapting and new_classes else set()

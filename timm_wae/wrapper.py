@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import ClassifierHead
 from timm.models.vgg import ConvMlp
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from .autoencoder import check_image
 from .front_ends import create_front_end, front_end_class
@@ -24,6 +25,13 @@ from .shrink import shrink_width
 
 __all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp', 'wae_layer_names', 'widen_first_conv',
            'upgrade_state_dict']
+
+
+def _tracing() -> bool:
+    """A trace (torch.jit.trace, torch.fx) records ops, not Python decisions on shapes or dtypes."""
+    if not torch.jit.is_scripting():
+        return torch.jit.is_tracing() or is_fx_symbolic_tracing()
+    return False
 
 
 @dataclass
@@ -55,7 +63,7 @@ class FlatMlp(nn.Module):
         self.act2 = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2:] != (self.kernel, self.kernel):
+        if _tracing() or x.shape[-2:] != (self.kernel, self.kernel):  # pooling to the same size is the identity
             x = F.adaptive_avg_pool2d(x, self.kernel)
         x = self.drop(self.act1(self.fc1(x.flatten(1))))
         return self.act2(self.fc2(x))[:, :, None, None]
@@ -140,6 +148,14 @@ def widen_first_conv(backbone: nn.Module, extra_chans: int) -> None:
     setattr(backbone.get_submodule(parent) if parent else backbone, attr, new)
 
 
+def wae_pool_size(backbone_cfg: Dict[str, Any], input_size: Tuple[int, ...], front_end: str) -> Tuple[int, int]:
+    """The unpooled feature map's size (timm's ``pool_size``) at ``input_size``: the front end divides the
+    side by its reduction, the backbone by its own (its cfg's input over pool size; 32 when unknown)."""
+    inner_in, inner_pool = backbone_cfg.get('input_size') or (3, 224, 224), backbone_cfg.get('pool_size') or (7, 7)
+    reduction = front_end_class(front_end).reduction
+    return tuple(math.ceil(math.ceil(s / reduction) / (i // p)) for s, i, p in zip(input_size[-2:], inner_in[-2:], inner_pool))
+
+
 def wae_layer_names(backbone_cfg: Dict[str, Any], front_end: str = 'wae', fusion_head: bool = True) -> Dict[str, Any]:
     """The pretrained-cfg ``first_conv`` and ``classifier`` of a WAE model, from its backbone's cfg.
 
@@ -158,16 +174,22 @@ def wae_layer_names(backbone_cfg: Dict[str, Any], front_end: str = 'wae', fusion
 LEGACY_PREFIXES = {'wae.': 'front_end.', 'norm_low.': 'front_end.norm_low.', 'norm_high.': 'front_end.norm_high.'}
 
 
-def upgrade_state_dict(state_dict: Dict[str, Tensor], prefix: str = '') -> Dict[str, Tensor]:
-    """Rename a WAE model's legacy keys (under ``prefix``) in place; returns the same dict."""
+def upgrade_state_dict(state_dict: Dict[str, Tensor], prefix: str = '',
+                       model: Optional['WAEWrapper'] = None) -> Dict[str, Tensor]:
+    """Rename a WAE model's legacy keys (under ``prefix``) in place; returns the same dict. With the
+    ``model`` they load into: a file that holds a decoder (every learned front end's model before 0.3)
+    gives the model its decoder, so that nothing in the file is dropped."""
     for old, new in LEGACY_PREFIXES.items():
         for key in [k for k in state_dict if k.startswith(prefix + old)]:
             state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+    if model is not None and model.front_end.learned and not model.front_end.can_reconstruct and \
+            not model.front_end.reparameterized and any(k.startswith(prefix + 'front_end.decoder.') for k in state_dict):
+        model.front_end.attach_decoder()
     return state_dict
 
 
 def _upgrade_hook(module: nn.Module, state_dict: Dict[str, Tensor], prefix: str, *args: Any) -> None:
-    upgrade_state_dict(state_dict, prefix)
+    upgrade_state_dict(state_dict, prefix, module)
 
 
 def _for_branches(pattern: str, branches: Tuple[str, ...]) -> str:
@@ -197,6 +219,11 @@ class WAEWrapper(nn.Module):
         fusion_hidden: width of the fusion MLP for VGG-style heads (default: the backbone's).
         drop_rate: dropout of the fusion head.
         wae_width: channels inside the WAE (16 in the paper).
+        global_pool: the pooling of both heads (timm's argument; '' keeps the maps unpooled), None: the backbone's.
+        with_decoder: give a learned front end its decoder, to train it with the transform loss
+            (``forward_train(reconstruct=True)``; the recipes' stages 1 and 3). Off by default: ``forward``
+            never runs it, and a classifier should have no parameter that its forward leaves without a
+            gradient (DDP, timm's training loop).
         backbone_kwargs: passed to ``timm.create_model`` when ``backbone`` is a name.
         pretrained_backbone: start the backbone from timm's pretrained weights (when a name).
     """
@@ -218,12 +245,14 @@ class WAEWrapper(nn.Module):
             wae_width: int = 16,
             backbone_kwargs: Optional[Dict[str, Any]] = None,
             pretrained_backbone: bool = False,
+            global_pool: Optional[str] = None,
+            with_decoder: bool = False,
     ):
         super().__init__()
         backbone_kwargs = dict(backbone_kwargs or {})
         if ih_fusion not in ('branch', 'stem'):
             raise ValueError(f"unknown ih_fusion {ih_fusion!r}; expected 'branch' or 'stem'")
-        self.front_end = create_front_end(front_end, in_chans, wae_width)
+        self.front_end = create_front_end(front_end, in_chans, wae_width, decoder=with_decoder)
         low_chans, high_chans = self.front_end.low_chans, self.front_end.high_chans
         use_ih = use_ih and high_chans > 0
         if isinstance(backbone, str):
@@ -292,10 +321,13 @@ class WAEWrapper(nn.Module):
         self._arch_args = dict(
             backbone=_backbone_name(backbone), in_chans=in_chans, front_end=front_end, use_ih=use_ih,
             ih_fusion=ih_fusion, width_divisor=width_divisor, standardize=standardize, fusion_hidden=fusion_hidden,
-            drop_rate=drop_rate, wae_width=wae_width,
+            drop_rate=drop_rate, wae_width=wae_width, with_decoder=with_decoder and self.front_end.learned,
             backbone_kwargs={k: v for k, v in backbone_kwargs.items() if k != 'num_classes'},
         )
         self.register_load_state_dict_pre_hook(_upgrade_hook)
+        if global_pool is not None:
+            self.reset_classifier(self.num_classes, global_pool)
+            self._arch_args['global_pool'] = global_pool
 
     @classmethod
     def from_trained(cls, network: nn.Module, front_end: str = 'wae2', ih_fusion: str = 'stem',
@@ -341,7 +373,8 @@ class WAEWrapper(nn.Module):
         keep = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license')
         cfg = {k: v for k, v in backbone_cfg.items() if k in keep}
         cfg.setdefault('input_size', (self.in_chans, 224, 224))
-        cfg.update(architecture='wae', num_classes=self.num_classes, pool_size=None,
+        cfg.update(architecture='wae', num_classes=self.num_classes,
+                   pool_size=wae_pool_size(backbone_cfg, cfg['input_size'], front_end),
                    **wae_layer_names(backbone_cfg, front_end, self.fusion_head is not None))
         return cfg
 
@@ -426,7 +459,7 @@ class WAEWrapper(nn.Module):
     def _join(f_low: Tensor, f_high: Tensor) -> Tensor:
         """concat(fL, fH), fH average-pooled to fL's size where they differ (always pooled in a
         trace, where it is the identity for equal sizes: no Python branch on shapes)."""
-        if torch.jit.is_tracing() or f_high.shape[-2:] != f_low.shape[-2:]:
+        if _tracing() or f_high.shape[-2:] != f_low.shape[-2:]:
             f_high = F.adaptive_avg_pool2d(f_high, f_low.shape[-2:])
         return torch.cat([f_low, f_high], dim=1)
 
@@ -469,7 +502,8 @@ class WAEWrapper(nn.Module):
         """(IL, IH) as the front end makes them, before standardisation (IH is None for 'resize')."""
         check_image(x, self.in_chans)
         if not torch.jit.is_scripting():
-            self._check_dtype(x)
+            if not _tracing():
+                self._check_dtype(x)
         return self.front_end(x)
 
     @torch.jit.unused

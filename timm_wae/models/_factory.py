@@ -9,7 +9,7 @@ from timm.models._builder import resolve_pretrained_cfg  # the builder's own cfg
 from torch import nn
 
 from ..hub import before_download, timm_filter, translate_hub_errors
-from ..wrapper import WAEWrapper, wae_layer_names
+from ..wrapper import WAEWrapper, wae_layer_names, wae_pool_size
 
 # The Hugging Face organisation that the project's weights are published under.
 HUB_ORG = 'timm-wae'
@@ -19,12 +19,14 @@ def wae_cfg(backbone: str, front_end: str = 'wae', fusion_head: bool = True, url
             **kwargs: Any) -> Dict[str, Any]:
     """A pretrained cfg entry for a WAE model around ``backbone``; its first conv and classifiers are
     named by ``wae_layer_names``, the one place those names are made."""
+    inner = get_pretrained_cfg(backbone).to_dict()
+    input_size = kwargs.pop('input_size', (3, 224, 224))
     return {
         'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'num_classes': 1000, 'input_size': input_size, 'pool_size': wae_pool_size(inner, input_size, front_end),
         'crop_pct': 0.875, 'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        **wae_layer_names(get_pretrained_cfg(backbone).to_dict(), front_end, fusion_head),
+        **wae_layer_names(inner, front_end, fusion_head),
         'license': 'apache-2.0',
         **kwargs,
     }

@@ -7,7 +7,7 @@ from typing import Any
 
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
-from ..wrapper import WAEWrapper, wae_layer_names
+from ..wrapper import WAEWrapper, wae_layer_names, wae_pool_size
 from ._factory import create_wae, wae_cfg
 
 default_cfgs = generate_default_cfgs({'wae': wae_cfg('resnet50')})  # the default backbone
@@ -20,6 +20,8 @@ def wae(pretrained: bool = False, backbone: str = 'resnet50', **kwargs: Any) -> 
     inner = get_pretrained_cfg(backbone)
     fusion_head = kwargs.get('use_ih', True) and kwargs.get('ih_fusion', 'branch') == 'branch' and \
         kwargs.get('front_end', 'wae') != 'resize'
-    names = wae_layer_names(inner.to_dict() if inner else {}, kwargs.get('front_end', 'wae'), fusion_head)
+    inner = inner.to_dict() if inner else {}
+    names = dict(wae_layer_names(inner, kwargs.get('front_end', 'wae'), fusion_head),
+                 pool_size=wae_pool_size(inner, (3, 224, 224), kwargs.get('front_end', 'wae')))
     kwargs['pretrained_cfg_overlay'] = dict(names, **(kwargs.get('pretrained_cfg_overlay') or {}))
     return create_wae('wae', pretrained, backbone=backbone, **kwargs)
