@@ -316,6 +316,7 @@ class WAEWrapper(nn.Module):
             self.fusion_head.num_features if self.fusion_head is not None else 0)
 
         self._feature_info = None  # List[Dict] made on first use (feature_info)
+        self.unpooled = False  # reset_classifier(0, ''): forward returns the unpooled features
         # the cfg of a wrapper built directly; timm's builder replaces it with the registered one
         self.pretrained_cfg = self._derive_cfg(getattr(backbone, 'pretrained_cfg', {}), front_end)
         self._arch_args = dict(
@@ -414,7 +415,11 @@ class WAEWrapper(nn.Module):
         return self.backbone.get_classifier(), self.fusion_head.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Reset both heads (sL and sc); 0 removes them and forward() returns pooled features."""
+        """Reset both heads (sL and sc); 0 removes them and forward() returns pooled features, or with
+        ``global_pool=''`` the unpooled features themselves (timm's contract; the VGG-style MLP heads
+        pool inside, so no head runs then)."""
+        if global_pool is not None:
+            self.unpooled = global_pool == ''
         if global_pool is None:
             self.backbone.reset_classifier(num_classes)
         else:
@@ -549,6 +554,8 @@ class WAEWrapper(nn.Module):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """sL + sc; with pre_logits (or no classifier) both heads' pre-logits side by side,
         [B, head_hidden_size]."""
+        if self.num_classes == 0 and self.unpooled:
+            return x
         s_low, s_fused = self._heads(x, pre_logits)
         if s_fused is None:
             return s_low
