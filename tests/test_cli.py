@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -158,13 +159,49 @@ def test_bench_speedup_comes_from_the_two_medians(tmp_path):
     assert proc.stdout.lstrip().startswith('| model |')
 
 
-def test_json_to_stdout_is_json_alone_and_busy_timings_are_flagged(capsys):
-    assert cli.main(['bench', 'test_resnet', '--img-size', '32', '--batch-sizes', '1', '--threads', '1',
-                     '--repeats', '2', '--warmup', '0', '--json', '-', '-q']) == 0
-    captured = capsys.readouterr()
-    report = json.loads(captured.out)  # nothing but the JSON on stdout
-    assert report['command'] == 'bench' and '| model |' in captured.err
-    assert isinstance(report['warnings'], list)
+def _scripted_timings(monkeypatch, ms, other_cores):
+    """The bench's clock and its other-processes meter, scripted: each timed call (still made) takes the next
+    of ``ms``, and other processes kept ``other_cores`` cores busy."""
+    import timm_wae.bench as bench
+    clock = iter(ms)
+
+    def timer(device):
+        def run(fn):
+            fn()
+            return next(clock)
+        return run
+
+    class Others:
+        cores = other_cores
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(bench, '_timer', timer)
+    monkeypatch.setattr(bench, 'OtherProcesses', Others)
+
+
+def test_json_to_stdout_is_json_alone_and_busy_timings_are_flagged(capsys, monkeypatch):
+    argv = ['bench', 'test_resnet', '--img-size', '32', '--batch-sizes', '1', '--threads', '1',
+            '--repeats', '3', '--warmup', '0', '--json', '-', '-q']
+    reports = {}
+    for case, ms, other_cores in (('clean', [10., 10.5, 11.], 0.02), ('busy', [10., 10., 30.], 0.9)):
+        _scripted_timings(monkeypatch, ms, other_cores)
+        assert cli.main(argv) == 0
+        captured = capsys.readouterr()
+        report = reports[case] = json.loads(captured.out)  # nothing but the JSON on stdout
+        assert report['command'] == 'bench' and '| model |' in captured.err
+        assert isinstance(report['warnings'], list)
+        row, = report['results']
+        assert (row['median_ms'], row['p90_ms'], row['other_cores']) == (ms[1], ms[2], other_cores)  # scripted
+        assert ('cannot be trusted' in captured.err) == (case == 'busy'), captured.err
+    assert reports['clean']['warnings'] == []
+    spread, shared = reports['busy']['warnings']
+    assert '1 of 1 timings spread: p90/median up to 3.00 (test_resnet, batch 1)' in spread
+    assert 'other processes kept up to 0.90 cores busy' in shared
 
 
 def test_trust_warnings_name_a_spread_or_a_busy_machine():
@@ -491,6 +528,8 @@ def _errors(tmp_path, data, models):
 
 def test_user_error_matrix(tmp_path, data, models, capsys, monkeypatch):
     """Every user error: status 2 and a message naming the problem (in-process: no interpreter start-up)."""
+    # no case reaches the Hub; HF_HUB_OFFLINE set here would come too late anyway (huggingface_hub read it
+    # at import): the offline message is checked in a process, test_offline_without_a_cached_copy_says_so_as_a_process
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('TIMM_WAE_RECIPES', str(tmp_path / 'no_recipes_here'))
     monkeypatch.delenv('TIMM_WAE_DEBUG', raising=False)
@@ -502,6 +541,26 @@ def test_user_error_matrix(tmp_path, data, models, capsys, monkeypatch):
         if status != 2 or 'timm-wae: error:' not in err or missing:
             failures.append(f'{name}: status {status}, missing {missing} in:\n{err}')
     assert not failures, '\n'.join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('spec, what', [
+    ('wae_resnet18.imagenette', r'wae_resnet18(\.imagenette)?'),
+    ('hf-hub:timm-wae/wae_resnet18.imagenette', r'timm-wae/wae_resnet18\.imagenette')])
+def test_offline_without_a_cached_copy_says_so_as_a_process(spec, what, data, tmp_path):
+    """HF_HUB_OFFLINE is read when huggingface_hub is imported, so it is set before the process starts (with an
+    empty HF_HOME): loading the Hub's weights for a tag and for an hf-hub: id fails, saying that offline is set."""
+    hf_home = tmp_path / 'hf'
+    proc = run_cli('eval', spec, '--data', data / 'split', '--img-size', 32, env={'HF_HOME': str(hf_home)}, timeout=120)
+    assert proc.returncode == 2, f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
+    assert 'Traceback' not in proc.stderr
+    message = (r'could not reach the Hugging Face Hub at https://huggingface\.co for ' + what +
+               r', and no cached copy exists \(HF_HUB_OFFLINE is set\); to use a local file instead')
+    assert re.search(message, proc.stderr), proc.stderr
+    for text in (f"timm-wae: error: could not load model '{spec}'",
+                 "pretrained_cfg_overlay=dict(file='path/to/model.safetensors')", '--no-pretrained'):
+        assert text in proc.stderr, proc.stderr
+    assert not list(hf_home.rglob('*.safetensors'))  # nothing downloaded
 
 
 def test_argument_errors_are_argparse_errors(capsys):
