@@ -169,3 +169,16 @@ def test_encoder_branches_are_its_to_low_and_to_high_convs():
     torch.testing.assert_close(high, enc.to_high(stem))
     (low.sum() + 2 * high.sum()).backward()
     assert enc.to_low.weight.grad.abs().sum() > 0 and enc.to_high.bias.grad[0] == pytest.approx(2 * high[:, 0].numel())
+
+
+@pytest.mark.parametrize('front_end, side', [('wae2', 16), ('wae4', 8)])
+def test_the_figure_shows_the_details_per_colour_and_the_start_reconstructs_exactly(front_end, side):
+    """visualize: IH (9 or 45 detail channels) is shown as one magnitude per colour channel; the Haar start
+    and its decoder invert exactly (the PSNR of an exact inverse), at one level and at two."""
+    from timm_wae import WAEWrapper
+    from timm_wae.visualize import decompose_image
+    model = WAEWrapper('resnet18', front_end=front_end, ih_fusion='stem', with_decoder=True).eval()
+    torch.manual_seed(0)
+    d = decompose_image(model, torch.rand(3, 32, 32), (0.5,) * 3, (0.25,) * 3)
+    assert d['low'].shape == (3, side, side) and d['high'].shape == (3, side, side)
+    assert d['psnr_db'] > 80 and 0 < d['energy_share'] < 1

@@ -53,10 +53,15 @@ def stretch(t: Tensor) -> Tensor:
     return ((t - lo) / (hi - lo)).float() if hi > lo else torch.zeros_like(t, dtype=torch.float32)
 
 
-def _details_magnitude(high: Tensor) -> Tensor:
-    """|cH|+|cV|+|cD| per colour channel: [3C, H, W] (pywt order per channel) -> [C, H, W]."""
-    c3, h, w = high.shape
-    return high.abs().reshape(c3 // 3, 3, h, w).sum(1)
+def _details_magnitude(high: Tensor, chans: int = 0) -> Tensor:
+    """|cH|+|cV|+|cD| per colour channel: [3C, H, W] (pywt order per channel) -> [C, H, W]. Two Haar
+    levels ([15C, H, W], ``wae4``): the second level's 3C, then the first level's 3C at 4 positions each."""
+    n, h, w = high.shape
+    c = chans or n // 3
+    out = high[:3 * c].abs().reshape(c, 3, h, w).sum(1)
+    if n > 3 * c:
+        out = out + high[3 * c:].abs().reshape(c, 3, 4, h, w).sum((1, 2))
+    return out
 
 
 def _has_decomposition(model: nn.Module) -> bool:
@@ -91,7 +96,7 @@ def decompose_image(model: nn.Module, x01: Tensor, mean: Sequence[float], std: S
     }
     if high is not None:
         h = high[0]
-        out['high'] = stretch((_details_magnitude(h) if h.shape[0] > 3 else h).cpu())
+        out['high'] = stretch((_details_magnitude(h, low.shape[1]) if h.shape[0] > 3 else h).cpu())
     if model.front_end.can_reconstruct:
         recon = model.front_end.reconstruct(low, high, x.shape[-2:])
         r01 = (recon[0] * std_t + mean_t).clamp(0, 1)

@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if not common.is_wae_model(model):
         raise common.CLIError(f'model {args.model!r} has no WAE front end to visualise (it is not a WAEWrapper); '
                               f"try a wae_* model: `timm.list_models('wae_*')`")
+    front_end = model.front_end
+    if front_end.learned and not front_end.can_reconstruct and not args.pretrained and args.checkpoint is None:
+        front_end.attach_decoder()  # random weights throughout, the decoder's too (a trained file brings its own)
     try:
         rows = visualize(model, args.images, args.out, grid=args.grid, compare=args.compare,
                          img_size=args.img_size, model_name=args.model)
