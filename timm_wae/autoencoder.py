@@ -293,13 +293,13 @@ class HalfResolutionWAE(_LearnedFrontEnd):
 
     levels = 1
     reduction = 2
+    low_gain = 2.0  # the orthonormal Haar's cA is s x the s x s block's mean (s = reduction)
     first_layer = 'encoder.analysis'
 
     def __init__(self, in_chans: int = 3, width: int = 16, decoder: bool = True):
         factor = 2 ** self.levels
         super().__init__(in_chans, (factor ** 2 - 1) * in_chans)
         self.in_chans, self.width = in_chans, width
-        self.low_gain = float(factor)  # the orthonormal Haar's cA is s x the s x s block's mean
         self.encoder = HaarStartEncoder(in_chans, width, self.levels)
         if decoder:
             self.attach_decoder()
@@ -331,3 +331,4 @@ class QuarterResolutionWAE(HalfResolutionWAE):
 
     levels = 2
     reduction = 4
+    low_gain = 4.0

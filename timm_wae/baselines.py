@@ -18,11 +18,11 @@ class ResizeFrontEnd(FrontEnd):
     """IR baseline: the image resized to half resolution (antialiased bilinear), no detail image."""
 
     can_reconstruct = False
+    low_gain = 1.0
     low_name = 'IL = resized'
 
     def __init__(self, in_chans: int = 3):
         super().__init__(in_chans, 0)
-        self.low_gain = 1.0
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         size = (math.ceil(x.shape[-2] / 2), math.ceil(x.shape[-1] / 2))

@@ -47,14 +47,14 @@ class FrontEnd(nn.Module):  # size-dependent padding are Python decisions, not o
     low_name: str = 'IL'
     first_layer: Optional[str] = None   # the front end's first conv (a model's pretrained_cfg['first_conv'])
     reduction: int = 2                  # IL and IH have 1/reduction of the image's side
+    # IL's DC gain over the image average-pooled to IL's size (Haar: 2 per level); None when it has none
+    # (a learned front end from a random start). The standardisation's eval statistics start at it, so a
+    # converted network starts where it was (``WAEWrapper.from_trained``).
+    low_gain: Optional[float] = None
 
     def __init__(self, low_chans: int, high_chans: int):
         super().__init__()
         self.low_chans, self.high_chans = low_chans, high_chans
-        # IL's DC gain over the image average-pooled to IL's size (Haar: 2 per level); None when it has
-        # none (a learned front end from a random start). The standardisation's eval statistics start
-        # at it, so a converted network starts where it was (``WAEWrapper.from_trained``).
-        self.low_gain: Optional[float] = None
         self.norm_low: nn.Module = nn.Identity()
         self.norm_high: nn.Module = nn.Identity()
         self.reparameterized = False

@@ -119,10 +119,10 @@ class DWT97(FrontEnd):
     synthesis_bank: Tensor
     analysis_bias: Optional[Tensor]
     low_name = 'IL = cA'
+    low_gain = 2.0  # the lowpass filters sum to sqrt(2) in each direction
 
     def __init__(self, in_chans: int = 3) -> None:
         super().__init__(in_chans, 3 * in_chans)
-        self.low_gain = 2.0  # the lowpass filters sum to sqrt(2) in each direction
         dtype = torch.get_default_dtype()
         self.register_buffer("analysis_bank", _ANALYSIS.to(dtype), persistent=False)
         self.register_buffer("synthesis_bank", _SYNTHESIS.to(dtype), persistent=False)
@@ -212,10 +212,10 @@ class HaarDWT(FrontEnd):
     matrix: Tensor
     bias: Optional[Tensor]
     low_name = 'IL = cA'
+    low_gain = 2.0  # the lowpass filters sum to sqrt(2) in each direction
 
     def __init__(self, in_chans: int = 3) -> None:
         super().__init__(in_chans, 3 * in_chans)
-        self.low_gain = 2.0  # the lowpass filters sum to sqrt(2) in each direction
         self.in_chans = in_chans
         self.register_buffer("matrix", haar_matrix(in_chans).to(torch.get_default_dtype()), persistent=False)
         self.register_buffer("bias", None, persistent=False)  # set by reparameterize()
