@@ -264,13 +264,13 @@ def _is_width_attr(name: str) -> bool:
 def _shrink_int_attrs(m: nn.Module, widths: set, divisor: int) -> None:
     """Divide the widths a layer keeps in plain attributes; parts of one width (a split's sizes, two
     attributes that add up to a width) still add up to the divided width."""
-    ints = {k: v for k, v in vars(m).items()
-            if type(v) is int and v > 1 and _is_width_attr(k) and (v in widths or k == 'head_dim')}
-    new = {k: math.ceil(v / divisor) for k, v in ints.items()}
-    for a in ints:  # parts: the larger takes the rest
+    ints = {k: v for k, v in vars(m).items() if type(v) is int and v > 1 and _is_width_attr(k)}
+    new = {k: math.ceil(v / divisor) for k, v in ints.items() if v in widths or k == 'head_dim'}
+    for a in ints:  # parts of one width (FasterNet's dim_conv3 + dim_untouched): the larger takes the rest
         for b in ints:
-            if a < b and ints[a] + ints[b] in widths and ints[a] + ints[b] not in ints.values():
+            if a < b and ints[a] + ints[b] in widths:
                 small, large = (a, b) if ints[a] <= ints[b] else (b, a)
+                new.setdefault(small, math.ceil(ints[small] / divisor))
                 new[large] = math.ceil((ints[a] + ints[b]) / divisor) - new[small]
     for k, v in new.items():
         setattr(m, k, v)
