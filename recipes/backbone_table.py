@@ -3,6 +3,7 @@
     python recipes/backbone_table.py                 # prints the markdown table and the coverage
     python recipes/backbone_table.py --write-readme  # also replaces the table between the README's markers
     python recipes/backbone_table.py resnet18 swin_tiny_patch4_window7_224   # only these
+    python recipes/backbone_table.py --json a.json NAMES...; ... --merge a.json b.json --write-readme  # in parts
 
 Each model is wrapped as ``WAEWrapper(name, num_classes=10, front_end='wae')`` (the paper's branch mode) and
 ``WAEWrapper(name, num_classes=10, front_end='wae2', ih_fusion='stem')`` (the README's recommendation), with
@@ -12,6 +13,7 @@ exception, a failure at the first forward, a wrong shape) is a bug. ``tests/test
 tier) asserts exactly that for every model here.
 """
 import argparse
+import json
 import re
 import sys
 import time
@@ -129,8 +131,11 @@ def try_backbone(name: str, mode: str, num_classes: int = 10) -> Tuple[str, str]
         return 'BUG', f'forward at {size}: {type(e).__name__}: {e}'
     if tuple(out.shape) != (1, num_classes):
         return 'BUG', f'logits of shape {tuple(out.shape)} at {size}'
-    how = 'IH in the first conv' if mode == 'stem' else getattr(model.ih_branch, '_wae_how', 'quarter-width branch')
-    return 'runs', f'{how}, {size[1]}x{size[2]} px'
+    if mode == 'stem':
+        return 'runs', f'IH in the first conv, {size[1]}x{size[2]} px'
+    ratio = sum(p.numel() for p in model.ih_branch.parameters()) / sum(
+        p.numel() for n, p in model.backbone.named_parameters() if p.ndim > 1 and 'head' not in n.split('.')[0])
+    return 'runs', f'IH branch {ratio:.3f} of the backbone\'s weights, {size[1]}x{size[2]} px'
 
 
 def survey(names: List[str]) -> Dict[str, Dict[str, Tuple[str, str]]]:
@@ -183,8 +188,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('names', nargs='*', help='models to try (default: one per family, FAMILIES)')
     parser.add_argument('--write-readme', action='store_true', help="replace the table in the project's README.md")
+    parser.add_argument('--json', help='also write the results here (to merge runs of parts of the list)')
+    parser.add_argument('--merge', nargs='+', help='make the table from these --json files instead of running')
     args = parser.parse_args()
-    results = survey(args.names or list(FAMILIES.values()))
+    if args.merge:
+        results = {k: v for f in args.merge for k, v in json.loads(Path(f).read_text()).items()}
+    else:
+        results = survey(args.names or list(FAMILIES.values()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
     text = table(results)
     print(text)
     if args.write_readme:

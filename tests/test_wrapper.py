@@ -547,3 +547,10 @@ def test_a_reparameterized_model_says_it_cannot_reconstruct():
     with pytest.raises(RuntimeError, match='inference form .*cannot reconstruct.*Train the unfolded model'):
         folded.forward_train(X, reconstruct=True)
     assert folded.forward_train(X).logits.shape == (2, 3)
+
+
+def test_an_image_size_the_backbone_does_not_run_at_is_named_with_the_size_that_works():
+    model = timm.create_model('wae', backbone='hrnet_w18_small', num_classes=4).eval()
+    assert model.pretrained_cfg['input_size'] == (3, 256, 256)  # the generic entry point too
+    with pytest.raises(ValueError, match=r"does not run on IL of 112x112 \(half the 224x224 images.*use 256x256"):
+        model(torch.randn(1, 3, 224, 224))

@@ -302,8 +302,12 @@ class WAEWrapper(nn.Module):
         each), its feature layout and the convs that read its input; ShrinkError when it runs at none."""
         grid = getattr(getattr(backbone, 'patch_embed', None), 'img_size', None)
         image = getattr(backbone, 'pretrained_cfg', {}).get('input_size', (3, 224, 224))[1:]
+        sizes = il_sizes(image, grid)
         try:
-            return probe_backbone(make, il_sizes(image, grid), low_chans, _backbone_name(backbone))
+            fitted = probe_backbone(make, sizes, low_chans, _backbone_name(backbone))
+            # IL sizes it did not run at: an image of twice one is refused by name at the forward
+            self.failed_il_sizes: List[List[int]] = [list(s) for s in sizes[:sizes.index(fitted[1])]]
+            return fitted
         except ShrinkError:
             raise
         except Exception as e:  # building it for another grid failed: a clear error, not the constructor's
@@ -474,6 +478,12 @@ class WAEWrapper(nn.Module):
         """A backbone with a fixed token grid takes IL of one size: name the image size the user passed and
         the one that works, before a shape error deep inside the backbone."""
         size = [math.ceil(s / 2) for s in x.shape[-2:]]
+        if size in self.failed_il_sizes:
+            h, w = self.pretrained_cfg['input_size'][1:]
+            raise ValueError(
+                f'the backbone {_backbone_name(self.backbone)!r} does not run on IL of {size[0]}x{size[1]} (half '
+                f'the {x.shape[-2]}x{x.shape[-1]} images passed; checked at construction): use {h}x{w} images, '
+                f'or another size whose half it runs at (HRNet and DLA: a multiple of 64 px, 2x that in images)')
         if self.fixed_image_size and size != [math.ceil(s / 2) for s in self.fixed_image_size]:
             h, w = self.fixed_image_size
             raise ValueError(
