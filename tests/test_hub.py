@@ -330,7 +330,7 @@ def test_timm_backbone_weights_offline_fail_at_once_naming_hf_hub_offline_and_th
     nothing is contacted and the message does not say the Hub could not be reached; the tag stays in the name."""
     env = client_env(tmp_path / 'empty-cache', f'http://127.0.0.1:{_free_port()}', offline=offline)
     env['HF_HUB_ETAG_TIMEOUT'] = env['HF_HUB_DOWNLOAD_TIMEOUT'] = '2'
-    res = run_client(TIMM_WEIGHTS_OFFLINE, env, repo_root=REPO_ROOT)
+    res = run_client(TIMM_WEIGHTS_OFFLINE, env, timeout=600, repo_root=REPO_ROOT)  # imports take long on a busy CPU
     for route, name in (('wrapper', 'resnet18'), ('hub', 'resnet50.a1_in1k'), ('cli', 'resnet50.a1_in1k'),
                         ('wae tag', 'wae_resnet18.imagenette')):
         error = res[route]['error']

@@ -190,15 +190,23 @@ def before_download(repo_id: str, what: str) -> Optional[str]:
     HF_HUB_OFFLINE makes it read its cache at once); the cached weights file when the Hub does not
     answer; otherwise a HubUnavailableError at once instead of after the client's retries."""
     from huggingface_hub import constants, try_to_load_from_cache
-    if constants.HF_HUB_OFFLINE or hub_reachable():
+    if not constants.HF_HUB_OFFLINE and hub_reachable():
         return None
-    for filename in (WEIGHTS_NAME, 'pytorch_model.bin'):
+    for filename in (WEIGHTS_NAME, 'pytorch_model.bin', 'open_clip_pytorch_model.bin'):
         cached = try_to_load_from_cache(repo_id, filename)
         if isinstance(cached, str):
-            return cached
+            return None if constants.HF_HUB_OFFLINE else cached
+    if constants.HF_HUB_OFFLINE:  # nothing to read: say so before the model is built
+        raise HubUnavailableError(_offline_message(what))
     raise HubUnavailableError(
         f'could not reach the Hugging Face Hub at {constants.ENDPOINT} for {what}, and no cached copy exists '
         f'(set HF_HUB_OFFLINE=1 to skip the network and use only the cache); {_LOCAL_HINT}')
+
+
+def _offline_message(what: str) -> str:
+    from huggingface_hub import constants
+    return (f'{what} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, '
+            f'so the Hub was not asked: unset HF_HUB_OFFLINE to download it, or {_LOCAL_HINT}')
 
 
 @contextmanager
@@ -213,9 +221,7 @@ def translate_hub_errors(what: str) -> Iterator[None]:
         yield
     except LocalEntryNotFoundError as e:  # offline, or the connection failed, and nothing cached
         if constants.HF_HUB_OFFLINE:  # nothing was tried: say so
-            raise HubUnavailableError(
-                f'{what} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, '
-                f'so the Hub was not asked: unset HF_HUB_OFFLINE to download it, or {local_hint}') from e
+            raise HubUnavailableError(_offline_message(what)) from e
         raise HubUnavailableError(
             f'could not reach the Hugging Face Hub at {endpoint} for {what}, and no cached copy exists (set '
             f'HF_HUB_OFFLINE=1 to skip the network and use only the cache); {local_hint}') from e
