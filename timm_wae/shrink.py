@@ -500,12 +500,11 @@ def shrink_width(
 # layer and reason, what does not run: never a failure at the first forward.
 
 def il_sizes(image_size: Sequence[int], grid: Optional[Sequence[int]] = None) -> List[Tuple[int, int]]:
-    """IL sizes to try, best first: a fixed token grid's; half the backbone's image (IL of its usual input);
-    that rounded up to a multiple of 64 (HRNet, DLA and windowed attention need one); the backbone's own size
+    """IL sizes to try, best first: half the backbone's image (IL of its usual input); that rounded up to a
+    multiple of 64 (HRNet, DLA and windowed attention need one); a fixed token grid's; the backbone's own size
     (a grid that does not shrink: the WAE model then takes images of twice it)."""
-    sizes = [tuple(grid)] if grid else []
-    sizes += [tuple(math.ceil(s / 2) for s in image_size), tuple(64 * max(math.ceil(s / 128), 1) for s in image_size),
-              tuple(image_size)]
+    sizes = [tuple(math.ceil(s / 2) for s in image_size), tuple(64 * max(math.ceil(s / 128), 1) for s in image_size)]
+    sizes += ([tuple(grid)] if grid else []) + [tuple(image_size)]
     return list(dict.fromkeys(tuple(int(s) for s in size) for size in sizes))
 
 
@@ -528,7 +527,11 @@ def probe_backbone(make: Callable[[Optional[Tuple[int, int]]], nn.Module], sizes
     the input). ``make(size)`` gives the backbone for a size (rebuilt for a fixed grid, else the same one)."""
     tried = []
     for size in sizes:
-        backbone = make(size)
+        try:
+            backbone = make(size)
+        except Exception as e:  # noqa: BLE001 - a fixed grid that cannot be built for this size (an assert)
+            tried.append(f'{size[0]}x{size[1]} (cannot be built for it: {_first_line(e)})')
+            continue
         p = next(backbone.parameters())
         x = torch.zeros(1, in_chans, *size, device=p.device, dtype=p.dtype)
         readers: List[str] = []

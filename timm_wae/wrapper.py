@@ -224,7 +224,12 @@ class WAEWrapper(nn.Module):
                     made[key] = create_backbone(name, pretrained_backbone, in_chans=low_chans,
                                                 **backbone_kwargs, **({'img_size': list(key)} if fixed else {}))
                 return made[key]
-            backbone = make(None if not fixed else tuple(math.ceil(s / 2) for s in inner.input_size[1:]))
+            try:
+                backbone = make(None if not fixed else tuple(math.ceil(s / 2) for s in inner.input_size[1:]))
+            except Exception as e:  # noqa: BLE001 - a grid it cannot take (an assert): its own, probed below
+                if not fixed or isinstance(e, OSError):  # not a size problem (weights offline, a missing file)
+                    raise
+                backbone = make(tuple(inner.input_size[1:]))
         elif not isinstance(backbone, nn.Module):
             raise TypeError(f'backbone must be a timm model name or nn.Module, got {type(backbone).__name__}')
         else:
