@@ -436,16 +436,25 @@ def test_families_that_cannot_be_shrunk_are_refused_by_layer_and_reason(name):
 
 
 def test_a_cnn_layer_the_rewrite_cannot_resize_is_named_without_the_token_hint():
-    class Odd(nn.Module):  # a per-position table: not one value per channel
+    class Odd(nn.Module):  # a table over the 64 channels as 8 x 8 groups: no dimension is a width
         def __init__(self):
             super().__init__()
             self.table = nn.Parameter(torch.zeros(8, 8))
 
         def forward(self, x):
-            return x + self.table
+            b, c, h, w = x.shape
+            return (x.view(b, 8, 8, h, w) * self.table[None, :, :, None, None]).view(b, c, h, w)
+
+    class WithOdd(nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block, self.odd = block, Odd()
+
+        def forward(self, x):
+            return self.odd(self.block(x))
 
     backbone = timm.create_model('resnet18', num_classes=3)
-    backbone.layer1[0].add_module('odd', Odd())
+    backbone.layer1[0] = WithOdd(backbone.layer1[0])
     with pytest.raises(ShrinkError) as exc:
         WAEWrapper(backbone)
     assert "layer 'layer1.0.odd' (Odd) holds table of shape (8, 8)" in str(exc.value)

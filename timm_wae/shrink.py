@@ -344,14 +344,17 @@ def _shrink_per_channel(m: nn.Module, name: str, divisor: int, widths: set, skip
     for attr, tensor in own:
         dims = [d for d, n in enumerate(tensor.shape) if n in widths]
         if not dims:
-            if tensor.numel() > 1:
+            if tensor.numel() > 1 and tensor.is_floating_point():  # (an integer index is named by its table)
                 kept.append(f'layer {name or "<root>"!r} ({type(m).__name__}) holds {attr} of shape '
-                            f'{tuple(tensor.shape)}, which is not one value per channel')
+                            f'{tuple(tensor.shape)}, which is not one value per channel, kept as it is')
             continue
         new = tensor.detach()
         for d in dims:
             new = new.narrow(d, 0, _divide(tensor.shape[d], divisor, f'{name}.{attr}'))
         new = new.clone()
+        if len(tensor.shape) > 1 and tensor.numel() > max(tensor.shape):  # a table, not a per-channel vector
+            kept.append(f'layer {name or "<root>"!r} ({type(m).__name__}) holds {attr} of shape '
+                        f'{tuple(tensor.shape)}, resized to {tuple(new.shape)} as widths')
         if isinstance(tensor, nn.Parameter):
             setattr(m, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
         else:
@@ -418,7 +421,7 @@ def _verify(narrow: nn.Module, in_chans: int, size: Sequence[int], model_name: s
         token = any(t in k for k in kept for t in ('token', 'pos_embed', 'rel_pos', 'relative_position', 'attention_bias'))
         hint = (' Token models without a width argument in their constructor (VisionTransformer has one) cannot be '
                 'shrunk generically.' if token else ' This family cannot be shrunk generically.')
-        why = f' ({"; ".join(kept[:2])}, kept as it is)' if kept else ''
+        why = f' ({"; ".join(kept[:4])})' if kept else ''
         raise ShrinkError(
             f'the quarter-width copy of {model_name} does not run: layer {layer!r} failed on a '
             f'{in_chans}x{size[0]}x{size[1]} input{why}: {_first_line(e)}.{hint} Use ih_fusion=\'stem\', '
@@ -478,8 +481,11 @@ def shrink_width(
         narrow._wae_layout = layout
         try:
             channels, called = _verify(narrow.to(device=p.device, dtype=p.dtype), in_chans, sample_size, model_name)
-        except ShrinkError:  # the rewritten copy does not run: the family's constructor, where it has one
-            narrow = _rebuild_narrow(backbone, divisor, in_chans, FALLBACK_WIDTH_ARGS)
+        except ShrinkError as refusal:  # the rewritten copy does not run: the family's constructor, where it has one
+            try:
+                narrow = _rebuild_narrow(backbone, divisor, in_chans, FALLBACK_WIDTH_ARGS)
+            except Exception:  # noqa: BLE001 - a changed model the constructor cannot describe: the first reason
+                raise refusal from None
             if narrow is None:
                 raise
             narrow._wae_layout = layout
