@@ -380,13 +380,13 @@ def client_env(hf_home, endpoint=None, offline=False, xet=False):
     return env
 
 
-def run_client(code, env, **values):
+def run_client(code, env, timeout=120, **values):
     """Run ``code`` in a subprocess; it gets ``values`` as globals and reports via ``result = {...}``."""
     prelude = "import json, sys\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items())
     epilogue = "\nprint('RESULT=' + json.dumps(result))\n"
     proc = subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(code) + epilogue],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert proc.returncode == 0, f"client failed:\n{proc.stdout}\n{proc.stderr}"
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT=")]

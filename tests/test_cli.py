@@ -483,6 +483,9 @@ def _errors(tmp_path, data, models):
     bad_config.mkdir()
     (bad_config / 'config.json').write_text('{"architecture": ')
     return {
+        'checkpoint of another class count': (
+            ['eval', 'resnet18', '--no-pretrained', '--checkpoint', models / 'const2.safetensors', '--data',
+             data / 'split'], ['const2.safetensors', 'pass --num-classes']),
         'eval empty class folder': (['eval', 'resnet18', '--no-pretrained', '--data', data / 'empty_class'],
                                     ["empty_class/bee'", 'no images']),
         'visualize missing data-free model folder': (['visualize', tmp_path / 'gone', '--images', img],

@@ -296,3 +296,66 @@ def test_import_builds_no_model():
     out = subprocess.run([sys.executable, '-c', code + '\nprint(__import__("json").dumps(result))'],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {'calls': []}
+
+
+# ----------------------------------------------------------------------------- timm backbones' weights offline
+TIMM_WEIGHTS_OFFLINE = """
+import time
+import torch, timm_wae
+from timm_wae import WAEWrapper
+from timm_wae.hub import HubUnavailableError, create_model
+from timm_wae_cli.common import CLIError, load_model
+routes = {
+    'wrapper': lambda: WAEWrapper('resnet18', pretrained_backbone=True),
+    'hub': lambda: create_model('resnet50.a1_in1k'),
+    'cli': lambda: load_model('resnet50.a1_in1k', pretrained=True),  # what `timm-wae eval resnet50.a1_in1k` runs
+    'wae tag': lambda: create_model('wae_resnet18.imagenette'),
+}
+result = {}
+for name, route in routes.items():
+    start = time.perf_counter()
+    try:
+        route()
+        result[name] = dict(error=None)
+    except (HubUnavailableError, CLIError) as e:
+        result[name] = dict(error=str(e), type=type(e).__name__, seconds=time.perf_counter() - start)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('offline', [True, False])
+def test_timm_backbone_weights_offline_fail_at_once_naming_hf_hub_offline_and_the_local_file(offline, tmp_path):
+    """WAEWrapper(pretrained_backbone=True), a timm name through hub.create_model and the CLI's eval: within
+    10 s, a HubUnavailableError naming HF_HUB_OFFLINE and the local-file route. With HF_HUB_OFFLINE=1 set,
+    nothing is contacted and the message does not say the Hub could not be reached; the tag stays in the name."""
+    env = client_env(tmp_path / 'empty-cache', f'http://127.0.0.1:{_free_port()}', offline=offline)
+    env['HF_HUB_ETAG_TIMEOUT'] = env['HF_HUB_DOWNLOAD_TIMEOUT'] = '2'
+    res = run_client(TIMM_WEIGHTS_OFFLINE, env, timeout=600, repo_root=REPO_ROOT)  # imports take long on a busy CPU
+    for route, name in (('wrapper', 'resnet18'), ('hub', 'resnet50.a1_in1k'), ('cli', 'resnet50.a1_in1k'),
+                        ('wae tag', 'wae_resnet18.imagenette')):
+        error = res[route]['error']
+        assert error and name in error and 'HF_HUB_OFFLINE' in error, (route, error)
+        assert 'pretrained_cfg_overlay=dict(file=' in error, (route, error)
+        assert ('could not reach' in error) != offline, (route, error)
+        assert res[route]['seconds'] < 10, route
+
+
+def test_a_local_file_that_is_not_weights_is_named_with_what_it_is(tmp_path):
+    """The README's local-file route, pretrained_cfg_overlay=dict(file=...): a text file, an ONNX file and a
+    missing file are WeightsErrors naming the file, not errors from inside torch.load."""
+    text = tmp_path / 'notes.txt'
+    text.write_text('not weights\n')
+    onnx = tmp_path / 'model.onnx'
+    onnx.write_bytes(b'\x08\x07\x12\x07pytorch')
+    cases = {text: ['notes.txt', 'not a safetensors file or a torch checkpoint'],
+             onnx: ['model.onnx', 'is an ONNX file'],
+             tmp_path / 'gone.safetensors': ['gone.safetensors', 'does not exist']}
+    for path, expected in cases.items():
+        for name in ('wae_resnet18', 'resnet18'):
+            make = timm.create_model if name.startswith('wae') else \
+                (lambda n, **kw: timm_wae.WAEWrapper(n, pretrained_backbone=True, backbone_kwargs=kw))
+            with pytest.raises(WeightsError) as exc:
+                make(name, **({'pretrained': True} if name.startswith('wae') else {}),
+                     pretrained_cfg_overlay=dict(file=str(path)))
+            for text_ in expected:
+                assert text_ in str(exc.value), (name, str(exc.value))

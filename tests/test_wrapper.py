@@ -525,17 +525,130 @@ def test_families_that_cannot_be_shrunk_are_refused_by_layer_and_reason(name):
 
 
 def test_a_cnn_layer_the_rewrite_cannot_resize_is_named_without_the_token_hint():
-    class Odd(nn.Module):  # a per-position table: not one value per channel
+    class Odd(nn.Module):  # a table over the 64 channels as 8 x 8 groups: no dimension is a width
         def __init__(self):
             super().__init__()
             self.table = nn.Parameter(torch.zeros(8, 8))
 
         def forward(self, x):
-            return x + self.table
+            b, c, h, w = x.shape
+            return (x.view(b, 8, 8, h, w) * self.table[None, :, :, None, None]).view(b, c, h, w)
+
+    class WithOdd(nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block, self.odd = block, Odd()
+
+        def forward(self, x):
+            return self.odd(self.block(x))
 
     backbone = timm.create_model('resnet18', num_classes=3)
-    backbone.layer1[0].add_module('odd', Odd())
+    backbone.layer1[0] = WithOdd(backbone.layer1[0])
     with pytest.raises(ShrinkError) as exc:
         WAEWrapper(backbone)
     assert "layer 'layer1.0.odd' (Odd) holds table of shape (8, 8)" in str(exc.value)
     assert 'Token models' not in str(exc.value)
+
+
+# ----------------------------------------------------------------------------- construction checks (issue 19)
+def test_stem_mode_builds_a_fixed_grid_backbone_for_il_and_joins_nhwc_features():
+    """Swin: a window grid fixed at construction and NHWC features; built for IL's grid (112 px of a 224 px
+    image), checked at construction, and the first forward runs."""
+    model = WAEWrapper('swin_tiny_patch4_window7_224', num_classes=5, front_end='wae2', ih_fusion='stem').eval()
+    assert model.backbone.patch_embed.img_size == (112, 112) and model.channel_dim == 3
+    assert model.pretrained_cfg['input_size'] == (3, 224, 224)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 224, 224)).shape == (2, 5)
+
+
+def test_a_fixed_grid_backbone_fed_another_size_names_the_size_the_user_passed():
+    model = WAEWrapper('vit_tiny_patch16_224', num_classes=3, ih_fusion='stem', front_end='wae2').eval()
+    with pytest.raises(ValueError, match=r'takes 224x224 images .*got 256x192'):
+        model(torch.randn(1, 3, 256, 192))
+
+
+def test_stem_mode_widens_every_branch_of_a_reparameterisable_stem():
+    """MobileOne's first block reads the image through two convs (a kxk branch and a 1x1 scale branch):
+    each takes the IH channels, with zero weights, so the model starts as the backbone on IL; it still folds."""
+    torch.manual_seed(0)
+    backbone = timm.create_model('mobileone_s0', num_classes=3).eval()
+    reference = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model = WAEWrapper(backbone, front_end='haar', ih_fusion='stem', standardize=False).eval()
+    readers = [m for m in model.backbone.stem.modules() if isinstance(m, nn.Conv2d)]
+    assert len(readers) >= 2 and all(m.in_channels == 12 for m in readers)  # the kxk and the 1x1 scale branch
+    plain = timm.create_model('mobileone_s0', num_classes=3).eval()
+    plain.load_state_dict(reference)
+    with torch.no_grad():
+        low, _ = model.decompose(X)
+        torch.testing.assert_close(model(X), plain(low))
+        folded = timm.utils.reparameterize_model(model)
+        torch.testing.assert_close(folded(X), model(X), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name, check', [
+    ('hgnetv2_b0', lambda b: b.stem.stem1.lab.scale.shape == (1,)),          # a scalar: not a width
+    ('resnetblur18', lambda b: b.layer2[0].aa.filt.shape == (32, 1, 3, 3)),  # a fixed filter per channel
+    ('rexnet_100', lambda b: b.features[2].in_channels == 7),  # 27 channels: a residual over part of them
+    ('nf_regnet_b0', lambda b: b.stem.conv.gain.shape[0] == b.stem.conv.out_channels),  # weight-standardised
+    ('fasternet_t0', lambda b: sum(getattr(b.stages[0].blocks[0].spatial_mixing, a) for a in
+                                   ('dim_conv3', 'dim_untouched')) == b.stages[0].blocks[0].mlp[0].in_channels),
+])
+def test_the_rewrite_divides_widths_where_the_family_keeps_them(name, check):
+    model = WAEWrapper(name, num_classes=10).eval()
+    assert check(model.ih_branch), name
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *model.pretrained_cfg['input_size'][1:])).shape == (1, 10)
+
+
+def test_parameters_that_do_not_scale_with_the_width_pass_unchanged():
+    """skipinit_gain (shape ()) of a NormFree net: kept; the block's widths divided."""
+    from dataclasses import replace
+    from timm.models.nfnet import NormFreeNet, model_cfgs
+    backbone = NormFreeNet(replace(model_cfgs['nf_regnet_b0'], skipinit=True), num_classes=3)
+    model = WAEWrapper(backbone).eval()
+    gains = [m.skipinit_gain for m in model.ih_branch.modules() if getattr(m, 'skipinit_gain', None) is not None]
+    assert gains and all(g.shape == () for g in gains)
+    with torch.no_grad():
+        assert model(X).shape == (2, 3)
+
+
+def test_a_backbone_that_needs_a_multiple_of_64_gets_an_input_size_it_runs_at():
+    model = WAEWrapper('hrnet_w18_small', num_classes=4).eval()  # 224 px (IL 112) does not run; 256 px does
+    assert model.pretrained_cfg['input_size'] == (3, 256, 256)
+    assert timm.data.resolve_model_data_config(model)['input_size'] == (3, 256, 256)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 256, 256)).shape == (1, 4)
+
+
+def test_what_fails_in_the_built_model_is_a_shrink_error_at_construction_naming_backbone_and_error():
+    class ThreeOnly(nn.Module):  # a hard-coded check deep in a backbone: only IL's three channels
+        def forward(self, x):
+            assert x.shape[1] == 3, 'expected 3 channels'
+            return x
+
+    def backbone():
+        model = timm.create_model('resnet18', num_classes=3)
+        model.conv1 = nn.Sequential(ThreeOnly(), model.conv1)
+        model.pretrained_cfg = dict(model.pretrained_cfg, first_conv='conv1.1')
+        return model
+
+    with pytest.raises(ShrinkError) as exc:
+        WAEWrapper(backbone(), front_end='wae2', ih_fusion='stem')
+    assert "'resnet18'" in str(exc.value) and "layer 'backbone.conv1.0'" in str(exc.value)
+    assert 'AssertionError: expected 3 channels' in str(exc.value)
+    assert WAEWrapper(backbone()).eval()(X).shape == (2, 3)  # branch mode: IL and IH have 3 channels
+
+
+def test_a_reparameterized_model_says_it_cannot_reconstruct():
+    model = WAEWrapper('resnet18', num_classes=3).eval()
+    folded = timm.utils.reparameterize_model(model)
+    with pytest.raises(RuntimeError, match='inference form .*cannot reconstruct.*Train the unfolded model'):
+        folded.forward_train(X, reconstruct=True)
+    assert folded.forward_train(X).logits.shape == (2, 3)
+
+
+def test_an_image_size_the_backbone_does_not_run_at_is_named_with_the_size_that_works():
+    model = timm.create_model('wae', backbone='hrnet_w18_small', num_classes=4).eval()
+    assert model.pretrained_cfg['input_size'] == (3, 256, 256)  # the generic entry point too
+    with pytest.raises(ValueError, match=r"does not run on IL of 112x112 \(half the 224x224 images.*use 256x256"):
+        model(torch.randn(1, 3, 224, 224))

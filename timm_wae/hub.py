@@ -145,6 +145,17 @@ def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
     return state
 
 
+def check_weights_file(path: Union[str, Path]) -> None:
+    """A local weights file given to timm's loader (``pretrained_cfg_overlay=dict(file=...)``), read once here:
+    a missing file, an ONNX file or one that is not a checkpoint is a WeightsError naming it and what it is,
+    not an error from deep inside torch.load."""
+    path = Path(path)
+    if not path.is_file():
+        what = 'a folder, not a weights file' if path.is_dir() else 'does not exist'
+        raise WeightsError(f'weights file {str(path)!r} (pretrained_cfg_overlay file=) {what}')
+    _read_weights(path)
+
+
 def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     """Load a local weights file strictly; every mismatch is an error naming the file."""
     path = Path(path)
@@ -179,15 +190,23 @@ def before_download(repo_id: str, what: str) -> Optional[str]:
     HF_HUB_OFFLINE makes it read its cache at once); the cached weights file when the Hub does not
     answer; otherwise a HubUnavailableError at once instead of after the client's retries."""
     from huggingface_hub import constants, try_to_load_from_cache
-    if constants.HF_HUB_OFFLINE or hub_reachable():
+    if not constants.HF_HUB_OFFLINE and hub_reachable():
         return None
-    for filename in (WEIGHTS_NAME, 'pytorch_model.bin'):
+    for filename in (WEIGHTS_NAME, 'pytorch_model.bin', 'open_clip_pytorch_model.bin'):
         cached = try_to_load_from_cache(repo_id, filename)
         if isinstance(cached, str):
-            return cached
+            return None if constants.HF_HUB_OFFLINE else cached
+    if constants.HF_HUB_OFFLINE:  # nothing to read: say so before the model is built
+        raise HubUnavailableError(_offline_message(what))
     raise HubUnavailableError(
         f'could not reach the Hugging Face Hub at {constants.ENDPOINT} for {what}, and no cached copy exists '
         f'(set HF_HUB_OFFLINE=1 to skip the network and use only the cache); {_LOCAL_HINT}')
+
+
+def _offline_message(what: str) -> str:
+    from huggingface_hub import constants
+    return (f'{what} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, '
+            f'so the Hub was not asked: unset HF_HUB_OFFLINE to download it, or {_LOCAL_HINT}')
 
 
 @contextmanager
@@ -201,11 +220,11 @@ def translate_hub_errors(what: str) -> Iterator[None]:
     try:
         yield
     except LocalEntryNotFoundError as e:  # offline, or the connection failed, and nothing cached
-        offline = ' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else \
-            ' (set HF_HUB_OFFLINE=1 to skip the network and use only the cache)'
+        if constants.HF_HUB_OFFLINE:  # nothing was tried: say so
+            raise HubUnavailableError(_offline_message(what)) from e
         raise HubUnavailableError(
-            f'could not reach the Hugging Face Hub at {endpoint} for {what}, and no cached copy exists{offline}; '
-            f'{local_hint}') from e
+            f'could not reach the Hugging Face Hub at {endpoint} for {what}, and no cached copy exists (set '
+            f'HF_HUB_OFFLINE=1 to skip the network and use only the cache); {local_hint}') from e
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
         raise WeightsError(f'no weights for {what} at {endpoint} ({type(e).__name__}); they may not be '
                            f'published yet; {local_hint}') from e
@@ -332,4 +351,18 @@ def create_model(spec: str, pretrained: bool = True, **kwargs: Any) -> nn.Module
             cached = before_download(name.split('@')[0], name)
             if cached is not None:
                 return create_model(str(Path(cached).parent), pretrained=pretrained, **kwargs)
+        elif pretrained:  # a timm name: fail at once offline, not after the Hub client's retries
+            from .models._factory import _offline_overlay
+            kwargs = _offline_overlay(name, kwargs)
         return timm.create_model(spec, pretrained=pretrained, **kwargs)
+
+
+def create_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` for a backbone, whose weights (when asked for) come as a WAE model's do: at once
+    offline with a HubUnavailableError that names HF_HUB_OFFLINE and the local-file route, a local file
+    checked first."""
+    if not pretrained:
+        return timm.create_model(name, **kwargs)
+    from .models._factory import _offline_overlay
+    with translate_hub_errors(name):
+        return timm.create_model(name, pretrained=True, **_offline_overlay(name, kwargs))

@@ -11,6 +11,7 @@ checked with a forward pass, so an unsupported layer fails here, by name, and no
 """
 import copy
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
@@ -190,7 +191,8 @@ def _shrink_linear(m: nn.Linear, new_in: int, new_out: int) -> None:
 def _shrink_batchnorm(m: nn.modules.batchnorm._BatchNorm, c: int) -> None:
     m.num_features = c
     if m.affine:
-        m.weight, m.bias = _new_param(m.weight, c), _new_param(m.bias, c)
+        m.weight = _new_param(m.weight, c) if m.weight is not None else None
+        m.bias = _new_param(m.bias, c) if m.bias is not None else None
     if m.track_running_stats:
         m.running_mean = torch.zeros(c, device=m.running_mean.device)
         m.running_var = torch.ones(c, device=m.running_var.device)
@@ -211,7 +213,8 @@ def _shrink_groupnorm(m: nn.GroupNorm, c: int) -> None:
     m.num_groups = c if g == m.num_channels else (g if c % g == 0 else math.gcd(c, g))
     m.num_channels = c
     if m.affine:
-        m.weight, m.bias = _new_param(m.weight, c), _new_param(m.bias, c)
+        m.weight = _new_param(m.weight, c) if m.weight is not None else None
+        m.bias = _new_param(m.bias, c) if m.bias is not None else None
     m.reset_parameters()
 
 
@@ -223,22 +226,89 @@ def _first_convs(model: nn.Module) -> Tuple[str, ...]:
     return tuple(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))[:1]
 
 
+def _layer_widths(model: nn.Module, in_chans: Sequence[int] = ()) -> set:
+    """Every channel count a layer of ``model`` takes or gives (its widths), the image's channels left out."""
+    widths = set()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            widths |= {m.in_channels, m.out_channels}
+        elif isinstance(m, nn.Linear):
+            widths |= {m.in_features, m.out_features}
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            widths.add(m.num_features)
+        elif isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
+            widths.add(m.normalized_shape[0])
+        elif isinstance(m, nn.GroupNorm):
+            widths.add(m.num_channels)
+    return {w for w in widths if w > 1} - set(in_chans)
+
+
+def _shrink_rnn(m: nn.RNNBase, new_in: int, new_hidden: int) -> nn.RNNBase:
+    """An RNN (Sequencer's LSTMs) of the same kind with the new input and hidden sizes, fresh weights."""
+    return type(m)(new_in, new_hidden, num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first,
+                   dropout=m.dropout, bidirectional=m.bidirectional,
+                   device=m.weight_ih_l0.device, dtype=m.weight_ih_l0.dtype)
+
+
+# Integer attributes that hold a width outside the layers (ReXNet's residual over part of the channels,
+# FasterNet's partial conv, split sizes of token mixers, an attention's head_dim): by name, and only where
+# the value is one of the model's widths (head_dim: any value, the heads are kept)
+_WIDTH_ATTR = re.compile(r'(dim|chan|chs|features|width|split)', re.I)
+_NOT_WIDTH_ATTR = re.compile(r'(num_heads|kernel|stride|level|window|patch|pos|token|group|ratio|layers|depth)', re.I)
+
+
+def _is_width_attr(name: str) -> bool:
+    return bool(_WIDTH_ATTR.search(name)) and not _NOT_WIDTH_ATTR.search(name)
+
+
+def _shrink_int_attrs(m: nn.Module, widths: set, divisor: int) -> None:
+    """Divide the widths a layer keeps in plain attributes; parts of one width (a split's sizes, two
+    attributes that add up to a width) still add up to the divided width."""
+    ints = {k: v for k, v in vars(m).items() if type(v) is int and v > 1 and _is_width_attr(k)}
+    new = {k: math.ceil(v / divisor) for k, v in ints.items() if v in widths or k == 'head_dim'}
+    for a in ints:  # parts of one width (FasterNet's dim_conv3 + dim_untouched): the larger takes the rest
+        for b in ints:
+            if a < b and ints[a] + ints[b] in widths:
+                small, large = (a, b) if ints[a] <= ints[b] else (b, a)
+                new.setdefault(small, math.ceil(ints[small] / divisor))
+                new[large] = math.ceil((ints[a] + ints[b]) / divisor) - new[small]
+    for k, v in new.items():
+        setattr(m, k, v)
+    for k, v in list(vars(m).items()):
+        if isinstance(v, (tuple, list)) and len(v) > 1 and all(type(i) is int for i in v) and _is_width_attr(k) \
+                and sum(v) in widths:
+            parts = [math.ceil(i / divisor) for i in v]
+            big = max(range(len(v)), key=lambda i: v[i])
+            parts[big] += math.ceil(sum(v) / divisor) - sum(parts)
+            setattr(m, k, type(v)(parts))
+
+
+_LAYER_TENSORS = {'weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'}
+
+
 def _rewrite_narrow(model: nn.Module, divisor: int, in_chans: int, model_name: str) -> nn.Module:
     """Deep-copy ``model`` and resize every layer in place; weights start fresh."""
     narrow = copy.deepcopy(model)
     if hasattr(narrow, 'reset_classifier'):
         narrow.reset_classifier(0)
     first = _first_convs(narrow)
+    widths = _layer_widths(narrow, [m.in_channels for n, m in narrow.named_modules()
+                                    if n in first and isinstance(m, nn.Conv2d)])
+    kept = []  # tensors left as they are: named if the copy then fails there
     mixed = set()  # convs of a MixedConv2d: sized by their parent's channel split
-    for name, m in narrow.named_modules():
+    for name, m in list(narrow.named_modules()):
         div = lambda c, n=name: _divide(c, divisor, n)  # noqa: E731
         if name in mixed:
             continue
+        layer = True
         if isinstance(m, MixedConv2d):
             _shrink_mixed(m, in_chans if name in first else div(m.in_channels), div(m.out_channels))
             mixed.update(f'{name}.{k}' for k in m.keys())
         elif isinstance(m, nn.Conv2d):
+            fan_in = m.weight[0].numel()
             _shrink_conv(m, in_chans if name in first else div(m.in_channels), div(m.out_channels))
+            if isinstance(getattr(m, 'scale', None), float):  # weight-standardised (ScaledStdConv2d): gamma/sqrt(fan_in)
+                m.scale *= math.sqrt(fan_in / m.weight[0].numel())
         elif isinstance(m, nn.Linear):
             _shrink_linear(m, div(m.in_features), div(m.out_features))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -247,36 +317,50 @@ def _rewrite_narrow(model: nn.Module, divisor: int, in_chans: int, model_name: s
             _shrink_layernorm(m, div(m.normalized_shape[0]))
         elif isinstance(m, nn.GroupNorm):
             _shrink_groupnorm(m, div(m.num_channels))
+        elif isinstance(m, nn.RNNBase):
+            parent, _, attr = name.rpartition('.')
+            setattr(narrow.get_submodule(parent), attr, _shrink_rnn(m, div(m.input_size), div(m.hidden_size)))
+            continue
         else:
-            _shrink_per_channel(m, name, divisor, model_name)
+            layer = False
+        kept += _shrink_per_channel(m, name, divisor, widths, skip=_LAYER_TENSORS if layer else ())
+        if not layer:
+            _shrink_int_attrs(m, widths, divisor)
+    narrow._wae_kept = kept
     return narrow
 
 
-def _shrink_per_channel(m: nn.Module, name: str, divisor: int, model_name: str) -> None:
-    """Per-channel parameters of any other layer (layer scale ``gamma``, per-channel scales and
-    offsets: one value per channel along one axis) take the new width, filled with their mean
-    (a constant at initialisation, so the family's own init is kept). Anything else is an error
-    that names the layer."""
-    own = [(n, p) for n, p in m.named_parameters(recurse=False)]
-    own += [(n, b) for n, b in m.named_buffers(recurse=False) if b is not None and b.numel() > 1]
+def _shrink_per_channel(m: nn.Module, name: str, divisor: int, widths: set, skip: Sequence[str] = ()) -> List[str]:
+    """The layer's other parameters and buffers: every dimension whose size is one of the model's widths
+    is divided (layer scale ``gamma``, per-channel scales and offsets, per-channel fixed filters such as
+    BlurPool's, positional tables [1, N, C], a weight-standardised conv's gain), keeping the first entries,
+    so the family's own initialisation (a constant, a fixed filter, a random table) is kept. A tensor with
+    no such dimension does not scale with the width (a scalar, a table per attention head) and passes
+    unchanged; the descriptions of those with more than one value are returned, to name them if the copy
+    then does not run."""
+    kept = []
+    own = [(n, p) for n, p in m.named_parameters(recurse=False) if n not in skip]
+    own += [(n, b) for n, b in m.named_buffers(recurse=False) if b is not None and n not in skip]
     for attr, tensor in own:
-        channel_dims = [d for d, n in enumerate(tensor.shape) if n > 1]
-        if len(channel_dims) != 1:
-            token = any(t in attr for t in ('token', 'pos_embed', 'rel_pos', 'relative_position', 'attention_bias'))
-            hint = (' Token models without a width argument in their constructor (VisionTransformer has one) '
-                    'cannot be shrunk generically.' if token else
-                    ' Pass a backbone whose constructor takes widths, or another width_divisor.')
-            raise ShrinkError(
-                f'cannot divide the width of {model_name}: layer {name or "<root>"!r} ({type(m).__name__}) holds '
-                f'{attr} of shape {tuple(tensor.shape)}, which is not one value per channel.{hint}')
-        d = channel_dims[0]
-        shape = list(tensor.shape)
-        shape[d] = _divide(shape[d], divisor, f'{name}.{attr}')
-        new = torch.full(shape, tensor.detach().float().mean().item(), dtype=tensor.dtype, device=tensor.device)
+        dims = [d for d, n in enumerate(tensor.shape) if n in widths]
+        if not dims:
+            if tensor.numel() > 1 and tensor.is_floating_point():  # (an integer index is named by its table)
+                kept.append(f'layer {name or "<root>"!r} ({type(m).__name__}) holds {attr} of shape '
+                            f'{tuple(tensor.shape)}, which is not one value per channel, kept as it is')
+            continue
+        new = tensor.detach()
+        for d in dims:
+            new = new.narrow(d, 0, _divide(tensor.shape[d], divisor, f'{name}.{attr}'))
+        new = new.clone()
+        if len(tensor.shape) > 1 and tensor.numel() > max(tensor.shape):  # a table, not a per-channel vector
+            kept.append(f'layer {name or "<root>"!r} ({type(m).__name__}) holds {attr} of shape '
+                        f'{tuple(tensor.shape)}, resized to {tuple(new.shape)} as widths')
         if isinstance(tensor, nn.Parameter):
             setattr(m, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
         else:
             setattr(m, attr, new)
+    return kept
+
 
 
 # ----------------------------------------------------------------------------- verification
@@ -302,6 +386,27 @@ def _trace_calls(model: nn.Module) -> Iterator[Tuple[List[str], set]]:
             h.remove()
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {text[0] if text else ""}'[:300]
+
+
+def run_named(model: nn.Module, fn: Callable[[], torch.Tensor]
+              ) -> Tuple[Optional[torch.Tensor], str, Optional[BaseException], set]:
+    """``fn()`` in eval mode without gradients: (output, '', None, the layers that ran) or (None, the
+    innermost layer that was running, the exception, the layers that ran). The training mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _trace_calls(model) as (stack, called):
+            try:
+                return fn(), '', None, called
+            except Exception as e:  # noqa: BLE001 - any failure inside (RuntimeError, AssertionError, ...)
+                return None, (stack[-1] if stack else '') or '<root>', e, called
+    finally:
+        model.train(was_training)
+
+
 def _sample_forward(model: nn.Module, in_chans: int, size: Sequence[int]) -> torch.Tensor:
     p = next(model.parameters())
     x = torch.randn(2, in_chans, *size, device=p.device, dtype=p.dtype)
@@ -309,32 +414,46 @@ def _sample_forward(model: nn.Module, in_chans: int, size: Sequence[int]) -> tor
 
 
 def _verify(narrow: nn.Module, in_chans: int, size: Sequence[int], model_name: str) -> Tuple[int, set]:
-    was_training = narrow.training
-    narrow.eval()
-    with torch.no_grad(), _trace_calls(narrow) as (stack, called):
-        try:
-            out = _sample_forward(narrow, in_chans, size)
-        except Exception as e:  # noqa: BLE001 - any failure inside the copy (RuntimeError, ValueError, ...)
-            layer = stack[-1] if stack else '<root>'
-            raise ShrinkError(
-                f'the quarter-width copy of {model_name} does not run: layer {layer!r} failed on a '
-                f'{in_chans}x{size[0]}x{size[1]} input ({type(e).__name__}: {e}). This family cannot be shrunk '
-                f'generically.') from e
-    narrow.train(was_training)
+    out, layer, e, called = run_named(narrow, lambda: _sample_forward(narrow, in_chans, size))
+    if e is not None:
+        kept = [k for k in getattr(narrow, '_wae_kept', ()) if layer == '<root>' or
+                k.startswith(f"layer {layer!r}") or f"layer '{layer}." in k]
+        token = any(t in k for k in kept for t in ('token', 'pos_embed', 'rel_pos', 'relative_position', 'attention_bias'))
+        hint = (' Token models without a width argument in their constructor (VisionTransformer has one) cannot be '
+                'shrunk generically.' if token else ' This family cannot be shrunk generically.')
+        why = f' ({"; ".join(kept[:4])})' if kept else ''
+        raise ShrinkError(
+            f'the quarter-width copy of {model_name} does not run: layer {layer!r} failed on a '
+            f'{in_chans}x{size[0]}x{size[1]} input{why}: {_first_line(e)}.{hint} Use ih_fusion=\'stem\', '
+            f'which needs no second network.') from e
     if out.ndim not in (3, 4):
         raise ShrinkError(f'{model_name}.forward_features must return NCHW maps or [B, tokens, C] tokens, got shape '
                           f'{tuple(out.shape)}')
-    if out.ndim == 3:
+    if out.ndim == 3 or out.shape[1] != narrow_features(narrow, out):
         return out.shape[-1], called
     return out.shape[1], called
 
 
-def _drop_unused(narrow: nn.Module, called: set) -> None:
-    """Replace the layers forward_features never runs (heads such as VGG's pre_logits)."""
+def narrow_features(narrow: nn.Module, out: torch.Tensor) -> int:
+    """The channel count of a 4-D feature map: NCHW, or NHWC (Swin) where the last dimension is the width."""
+    if out.ndim == 4 and getattr(narrow, '_wae_layout', 'NCHW') == 'NHWC':
+        return out.shape[-1]
+    return out.shape[1]
+
+
+def _drop_unused(narrow: nn.Module, called: set, in_chans: int, size: Sequence[int]) -> None:
+    """Replace the layers forward_features never runs (heads such as VGG's pre_logits); kept where the copy
+    then does not run (a layer whose weights are used without calling it, as BEiT's qkv)."""
+    dropped = []
     for name, m in list(narrow.named_modules()):
         if name and name not in called and any(True for _ in m.parameters(recurse=False)):
             parent_name, _, attr = name.rpartition('.')
-            setattr(narrow.get_submodule(parent_name), attr, nn.Identity())
+            parent = narrow.get_submodule(parent_name)
+            dropped.append((parent, attr, m))
+            setattr(parent, attr, nn.Identity())
+    if dropped and run_named(narrow, lambda: _sample_forward(narrow, in_chans, size))[2] is not None:
+        for parent, attr, m in dropped:
+            setattr(parent, attr, m)
 
 
 def shrink_width(
@@ -342,11 +461,13 @@ def shrink_width(
         divisor: int = 4,
         in_chans: int = 3,
         sample_size: Sequence[int] = (64, 64),
+        layout: str = 'NCHW',
 ) -> Tuple[nn.Module, int]:
     """Return (narrow feature extractor, its output channels). Weights start fresh.
 
     ``in_chans`` is the IH input's channel count (3 for the WAE, 9 for the DWT's details).
     Use the narrow model through ``forward_features`` only; its classifier is removed.
+    ``layout`` is that of the backbone's features ('NCHW', 'NHWC' or 'NLC' tokens; ``probe_backbone``).
     """
     _check_divisor(divisor)
     if not callable(getattr(backbone, 'forward_features', None)):
@@ -357,15 +478,128 @@ def shrink_width(
     narrow = _rebuild_narrow(backbone, divisor, in_chans)
     if narrow is None:
         narrow = _rewrite_narrow(backbone, divisor, in_chans, model_name)  # a width that cannot be divided: raises
+        narrow._wae_layout = layout
         try:
             channels, called = _verify(narrow.to(device=p.device, dtype=p.dtype), in_chans, sample_size, model_name)
-        except ShrinkError:  # the rewritten copy does not run: the family's constructor, where it has one
-            narrow = _rebuild_narrow(backbone, divisor, in_chans, FALLBACK_WIDTH_ARGS)
+        except ShrinkError as refusal:  # the rewritten copy does not run: the family's constructor, where it has one
+            try:
+                narrow = _rebuild_narrow(backbone, divisor, in_chans, FALLBACK_WIDTH_ARGS)
+            except Exception:  # noqa: BLE001 - a changed model the constructor cannot describe: the first reason
+                raise refusal from None
             if narrow is None:
                 raise
+            narrow._wae_layout = layout
             channels, called = _verify(narrow.to(device=p.device, dtype=p.dtype), in_chans, sample_size, model_name)
     else:
+        narrow._wae_layout = layout
         channels, called = _verify(narrow.to(device=p.device, dtype=p.dtype), in_chans, sample_size, model_name)
-    _drop_unused(narrow, called)
+    _drop_unused(narrow, called, in_chans, sample_size)
     narrow.num_features = narrow.head_hidden_size = channels
+    for attr in ('_wae_kept', '_wae_layout'):
+        if hasattr(narrow, attr):
+            delattr(narrow, attr)
     return narrow, channels
+
+
+# ----------------------------------------------------------------------------- construction checks
+# WAEWrapper builds its networks for IL (half the image), checks them with one forward each and refuses, by
+# layer and reason, what does not run: never a failure at the first forward.
+
+def il_sizes(image_size: Sequence[int], grid: Optional[Sequence[int]] = None,
+             reduction: int = 2) -> List[Tuple[int, int]]:
+    """IL sizes to try, best first: the backbone's image over the front end's reduction (IL of its usual
+    input); that rounded up to a multiple of 64 (HRNet, DLA and windowed attention need one); a fixed token
+    grid's; the backbone's own size (a grid that does not shrink: the WAE model then takes larger images)."""
+    sizes = [tuple(math.ceil(s / reduction) for s in image_size),
+             tuple(64 * max(math.ceil(s / (64 * reduction)), 1) for s in image_size)]
+    sizes += ([tuple(grid)] if grid else []) + [tuple(image_size)]
+    return list(dict.fromkeys(tuple(int(s) for s in size) for size in sizes))
+
+
+def feature_layout(out: torch.Tensor, num_features: int, model_name: str) -> str:
+    """'NCHW', 'NHWC' (Swin, MambaOut) or 'NLC' (tokens, with or without prefix tokens) from one output."""
+    if not isinstance(out, torch.Tensor):
+        raise ShrinkError(f'{model_name}.forward_features returns a {type(out).__name__}, not one tensor; WAEWrapper '
+                          f'needs NCHW or NHWC maps or [B, tokens, C] tokens to join IL and IH')
+    if out.ndim == 3:
+        return 'NLC'
+    if out.ndim == 4:
+        return 'NHWC' if out.shape[1] != num_features and out.shape[-1] == num_features else 'NCHW'
+    raise ShrinkError(f'{model_name}.forward_features returns shape {tuple(out.shape)}; WAEWrapper needs NCHW or NHWC '
+                      f'maps or [B, tokens, C] tokens to join IL and IH')
+
+
+def probe_backbone(make: Callable[[Optional[Tuple[int, int]]], nn.Module], sizes: Sequence[Tuple[int, int]],
+                   in_chans: int, model_name: str) -> Tuple[nn.Module, Tuple[int, int], str, List[str]]:
+    """The first IL size in ``sizes`` at which the backbone runs: (backbone, size, layout, the convs that read
+    the input). ``make(size)`` gives the backbone for a size (rebuilt for a fixed grid, else the same one)."""
+    tried = []
+    for size in sizes:
+        try:
+            backbone = make(size)
+        except Exception as e:  # noqa: BLE001 - a fixed grid that cannot be built for this size (an assert)
+            tried.append(f'{size[0]}x{size[1]} (cannot be built for it: {_first_line(e)})')
+            continue
+        p = next(backbone.parameters())
+        x = torch.zeros(1, in_chans, *size, device=p.device, dtype=p.dtype)
+        readers: List[str] = []
+        hooks = [m.register_forward_pre_hook(lambda _m, inp, n=n: readers.append(n) if inp and inp[0] is x else None)
+                 for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
+        try:
+            out, layer, e, _ = run_named(backbone, lambda: backbone.forward_features(x))
+        finally:
+            for h in hooks:
+                h.remove()
+        if e is None:
+            return backbone, size, feature_layout(out, getattr(backbone, 'num_features', -1), model_name), readers
+        tried.append(f'{size[0]}x{size[1]} (layer {layer!r}: {_first_line(e)})')
+    raise ShrinkError(f'{model_name} does not run on IL (half the image) at any size tried: ' + '; '.join(tried))
+
+
+def widen_input(backbone: nn.Module, extra_chans: int, readers: Sequence[str], model_name: str) -> None:
+    """Give every layer that reads the backbone's input ``extra_chans`` more input channels with zero weights,
+    in place: the convs that pretrained_cfg['first_conv'] names and any other conv that reads the same input
+    (every branch of a reparameterisable stem, MobileOneBlock or RepVggBlock). The layers keep their class
+    (a weight-standardised or 'same'-padded conv stays one). A trained backbone keeps its function on IL."""
+    first = getattr(backbone, 'pretrained_cfg', {}).get('first_conv')
+    named = (first,) if isinstance(first, str) else tuple(first or ())
+    names = list(dict.fromkeys([n[:-len('.weight')] if n.endswith('.weight') else n for n in named] + list(readers)))
+    modules = dict(backbone.named_modules())
+    missing = [n for n in named if n not in modules]
+    if missing or not names:
+        raise ShrinkError(
+            f"ih_fusion='stem' needs the backbone's first conv (pretrained_cfg['first_conv']) to be a plain nn.Conv2d; "
+            f"{model_name!r} has none at {missing[0] if missing else first!r}: use ih_fusion='branch'")
+    for name in names:
+        conv = modules[name]
+        if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+            what = type(conv).__name__ + (f' with groups={conv.groups}' if isinstance(conv, nn.Conv2d) else '')
+            raise ShrinkError(
+                f"ih_fusion='stem' needs the layers that read the image to be plain nn.Conv2d; {model_name!r} has "
+                f"{what} at {name!r}: use ih_fusion='branch'")
+    for name in names:
+        conv = modules[name]
+        old = conv.in_channels
+        weight = torch.zeros(conv.out_channels, old + extra_chans, *conv.kernel_size,
+                             dtype=conv.weight.dtype, device=conv.weight.device)
+        with torch.no_grad():
+            weight[:, :old] = conv.weight
+        conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+        conv.in_channels = old + extra_chans
+        parts = name.split('.')
+        for i in range(1, len(parts)):  # the blocks around it that keep their input width (reparameterisation)
+            block = modules['.'.join(parts[:i])]
+            for attr in ('in_chs', 'in_channels', 'in_chans'):
+                if vars(block).get(attr) == old:
+                    setattr(block, attr, old + extra_chans)
+
+
+def check_runs(model: nn.Module, x: torch.Tensor, expected: Optional[Tuple[int, ...]], what: str) -> None:
+    """One forward of the built model at construction; a failure is a ShrinkError naming the layer."""
+    out, layer, e, _ = run_named(model, lambda: model(x))
+    if e is not None:
+        raise ShrinkError(f'{what} does not run on a {"x".join(map(str, x.shape[1:]))} image: layer {layer!r} '
+                          f'failed ({_first_line(e)})') from e
+    if expected is not None and tuple(out.shape) != tuple(expected):
+        raise ShrinkError(f'{what} gives an output of shape {tuple(out.shape)} for a '
+                          f'{"x".join(map(str, x.shape[1:]))} image, not {tuple(expected)}')

@@ -21,7 +21,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from .autoencoder import check_image
 from .front_ends import create_front_end, front_end_class
-from .shrink import shrink_width
+from .shrink import ShrinkError, check_runs, il_sizes, probe_backbone, shrink_width, widen_input
 
 __all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp', 'wae_layer_names', 'widen_first_conv',
            'upgrade_state_dict']
@@ -116,7 +116,9 @@ class FusionHead(nn.Module):
         self.head.reset(num_classes, pool_type if pool_type is None else self._token_pool(pool_type))
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.prefix_tokens >= 0:  # [B, N, C] -> [B, C, 1, 1]
+        if self.prefix_tokens >= 0:  # [B, N, C] (or NHWC maps [B, H, W, C]) -> [B, C, 1, 1]
+            if x.dim() == 4:
+                x = x.flatten(1, 2)
             x = (x[:, 0] if self.class_token else x[:, self.prefix_tokens:].mean(1))[:, :, None, None]
         return self.head(self.pre_logits(x), pre_logits=pre_logits)
 
@@ -127,25 +129,7 @@ def widen_first_conv(backbone: nn.Module, extra_chans: int) -> None:
     The new channels start without any effect, so a trained backbone keeps its function on the
     original channels and learns what to take from the new ones.
     """
-    name = getattr(backbone, 'pretrained_cfg', {}).get('first_conv')
-    try:
-        conv = backbone.get_submodule(name) if name else None
-    except AttributeError:
-        conv = None
-    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
-        raise ValueError(
-            f"ih_fusion='stem' needs the backbone's first conv (pretrained_cfg['first_conv']) to be a plain "
-            f"nn.Conv2d; {_backbone_name(backbone)!r} has {type(conv).__name__ if conv is not None else 'none'} "
-            f"at {name!r}: use ih_fusion='branch'")
-    new = nn.Conv2d(conv.in_channels + extra_chans, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, :conv.in_channels] = conv.weight
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    parent, _, attr = name.rpartition('.')
-    setattr(backbone.get_submodule(parent) if parent else backbone, attr, new)
+    widen_input(backbone, extra_chans, (), _backbone_name(backbone))
 
 
 def wae_pool_size(backbone_cfg: Dict[str, Any], input_size: Tuple[int, ...], front_end: str) -> Tuple[int, int]:
@@ -258,16 +242,29 @@ class WAEWrapper(nn.Module):
         if isinstance(backbone, str):
             if num_classes is not None:
                 backbone_kwargs['num_classes'] = num_classes
-            inner = timm.models.get_pretrained_cfg(backbone)
-            if inner is not None and inner.fixed_input_size and 'img_size' not in backbone_kwargs:
-                # a fixed token grid (ViT): the backbone is built for IL, 1/reduction of the image's size
-                backbone_kwargs['img_size'] = [math.ceil(s / self.front_end.reduction) for s in inner.input_size[1:]]
-            backbone = timm.create_model(
-                backbone, pretrained=pretrained_backbone, in_chans=low_chans, **backbone_kwargs)
-        elif isinstance(backbone, nn.Module):
-            backbone = copy.deepcopy(backbone)  # the caller's network stays as it was, and still runs
-        else:
+            name, inner = backbone, timm.models.get_pretrained_cfg(backbone)
+            # a fixed token grid (ViT, Swin): the backbone is built for IL, 1/reduction of the image's size
+            fixed = inner is not None and inner.fixed_input_size and 'img_size' not in backbone_kwargs
+            made: Dict[Any, nn.Module] = {}
+
+            def make(il_size: Optional[Tuple[int, int]]) -> nn.Module:
+                key = il_size if fixed else None
+                if key not in made:
+                    from .hub import create_backbone  # weights offline: a clear error at once
+                    made[key] = create_backbone(name, pretrained_backbone, in_chans=low_chans,
+                                                **backbone_kwargs, **({'img_size': list(key)} if fixed else {}))
+                return made[key]
+            try:
+                backbone = make(None if not fixed else tuple(math.ceil(s / self.front_end.reduction) for s in inner.input_size[1:]))
+            except Exception as e:  # noqa: BLE001 - a grid it cannot take (an assert): its own, probed below
+                if not fixed or isinstance(e, OSError):  # not a size problem (weights offline, a missing file)
+                    raise
+                backbone = make(tuple(inner.input_size[1:]))
+        elif not isinstance(backbone, nn.Module):
             raise TypeError(f'backbone must be a timm model name or nn.Module, got {type(backbone).__name__}')
+        else:
+            given = backbone = copy.deepcopy(backbone)  # the caller's network stays as it was, and still runs
+            make = lambda il_size: given  # noqa: E731
         for method in ('forward_features', 'forward_head', 'reset_classifier'):
             if not callable(getattr(backbone, method, None)):
                 raise TypeError(
@@ -276,8 +273,9 @@ class WAEWrapper(nn.Module):
         if num_classes is not None and num_classes != backbone.num_classes:
             backbone.reset_classifier(num_classes)
         use_stem = use_ih and ih_fusion == 'stem'
+        backbone, il_size, layout, readers = self._fit_backbone(backbone, make, low_chans)
         if use_stem:
-            widen_first_conv(backbone, high_chans)
+            widen_input(backbone, high_chans, readers, _backbone_name(backbone))
         self.ih_fusion = ih_fusion
         self.backbone = backbone
         self.num_classes = backbone.num_classes
@@ -289,18 +287,17 @@ class WAEWrapper(nn.Module):
 
         self.low_features = backbone.num_features
         self.high_features = 0
-        # token models' features are [B, N, C] (channels last, N tokens with prefix tokens first)
-        self.prefix_tokens = getattr(backbone, 'num_prefix_tokens', -1)
-        self.channel_dim = 2 if self.prefix_tokens >= 0 else 1
-        # a size the networks run at: a fixed token grid's, else the backbone's size over the front end's
-        # reduction, rounded up to a multiple of 64 (HRNet, DLA need one)
-        grid = getattr(getattr(backbone, 'patch_embed', None), 'img_size', None)
-        step = 64 * self.front_end.reduction
-        self.branch_size = list(grid) if grid else [
-            64 * max(math.ceil(s / step), 1) for s in backbone.pretrained_cfg.get('input_size', (3, 224, 224))[1:]]
+        # token models' features are [B, N, C] (channels last, N tokens with prefix tokens first); Swin's are
+        # NHWC maps [B, H, W, C], pooled as tokens
+        self.prefix_tokens = -1 if layout == 'NCHW' else getattr(backbone, 'num_prefix_tokens', 0) if layout == 'NLC' else 0
+        self.channel_dim = {'NCHW': 1, 'NHWC': 3, 'NLC': 2}[layout]
+        # the IL size the networks run at (probed): a fixed token grid's, else half the backbone's image where
+        # it runs there (HRNet, DLA need a multiple of 64)
+        self.branch_size = list(il_size)
         self.ih_branch = self.fusion_head = None
         if use_ih and not use_stem:
-            self.ih_branch, self.high_features = shrink_width(backbone, width_divisor, high_chans, self.branch_size)
+            self.ih_branch, self.high_features = shrink_width(backbone, width_divisor, high_chans, self.branch_size,
+                                                              layout)
             hidden, kernel = mlp_head_shape(backbone) or (None, 1)
             self.fusion_head = FusionHead(
                 self.low_features + self.high_features,
@@ -319,6 +316,12 @@ class WAEWrapper(nn.Module):
         self.unpooled = False  # reset_classifier(0, ''): forward returns the unpooled features
         # the cfg of a wrapper built directly; timm's builder replaces it with the registered one
         self.pretrained_cfg = self._derive_cfg(getattr(backbone, 'pretrained_cfg', {}), front_end)
+        r = self.front_end.reduction
+        if [math.ceil(s / r) for s in self.pretrained_cfg['input_size'][1:]] != self.branch_size:
+            # an image size it runs at: r times the IL size that the backbone runs at
+            self.pretrained_cfg['input_size'] = (in_chans, *[r * s for s in self.branch_size])
+            self.pretrained_cfg['pool_size'] = wae_pool_size(getattr(backbone, 'pretrained_cfg', {}),
+                                                             self.pretrained_cfg['input_size'], front_end)
         self._arch_args = dict(
             backbone=_backbone_name(backbone), in_chans=in_chans, front_end=front_end, use_ih=use_ih,
             ih_fusion=ih_fusion, width_divisor=width_divisor, standardize=standardize, fusion_hidden=fusion_hidden,
@@ -329,6 +332,38 @@ class WAEWrapper(nn.Module):
         if global_pool is not None:
             self.reset_classifier(self.num_classes, global_pool)
             self._arch_args['global_pool'] = global_pool
+        # a token grid that takes one size only (ViT's strict PatchEmbed): the image size it needs, checked first
+        embed = getattr(backbone, 'patch_embed', None)
+        strict = getattr(embed, 'strict_img_size', False) and not getattr(embed, 'dynamic_img_size', False)
+        self.fixed_image_size: List[int] = list(self.pretrained_cfg['input_size'][1:]) if strict else []
+        self._check_builds()
+
+    def _fit_backbone(self, backbone: nn.Module, make: Callable[[Optional[Tuple[int, int]]], nn.Module],
+                      low_chans: int) -> Tuple[nn.Module, Tuple[int, int], str, List[str]]:
+        """The backbone built for an IL size it runs at (one forward per size tried, a fixed grid rebuilt for
+        each), its feature layout and the convs that read its input; ShrinkError when it runs at none."""
+        grid = getattr(getattr(backbone, 'patch_embed', None), 'img_size', None)
+        image = getattr(backbone, 'pretrained_cfg', {}).get('input_size', (3, 224, 224))[1:]
+        sizes = il_sizes(image, grid, self.front_end.reduction)
+        try:
+            fitted = probe_backbone(make, sizes, low_chans, _backbone_name(backbone))
+            # IL sizes it did not run at: an image of twice one is refused by name at the forward
+            self.failed_il_sizes: List[List[int]] = [list(s) for s in sizes[:sizes.index(fitted[1])]]
+            return fitted
+        except ShrinkError:
+            raise
+        except Exception as e:  # building it for another grid failed: a clear error, not the constructor's
+            raise ShrinkError(f'{_backbone_name(backbone)} cannot be built for IL (half the image): '
+                              f'{type(e).__name__}: {e}') from e
+
+    def _check_builds(self) -> None:
+        """One forward of the whole model at its pretrained_cfg input size: what it builds runs, or the
+        constructor says which layer fails (never the first forward of a user)."""
+        p = next(self.backbone.parameters())
+        x = torch.zeros(1, self.in_chans, *self.pretrained_cfg['input_size'][1:], device=p.device, dtype=p.dtype)
+        what = (f"WAEWrapper({_backbone_name(self.backbone)!r}, front_end={self._arch_args['front_end']!r}, "
+                f"ih_fusion={self.ih_fusion!r})")
+        check_runs(self, x, (1, self.num_classes) if self.num_classes else None, what)
 
     @classmethod
     def from_trained(cls, network: nn.Module, front_end: str = 'wae2', ih_fusion: str = 'stem',
@@ -354,6 +389,7 @@ class WAEWrapper(nn.Module):
             nn.init.zeros_(fc.weight)
             nn.init.zeros_(fc.bias)
         return model
+
 
     @property
     def model_args(self) -> Dict[str, Any]:
@@ -509,7 +545,28 @@ class WAEWrapper(nn.Module):
         if not torch.jit.is_scripting():
             if not _tracing():
                 self._check_dtype(x)
+                self._check_size(x)
         return self.front_end(x)
+
+    @torch.jit.unused
+    def _check_size(self, x: Tensor) -> None:
+        """A backbone with a fixed token grid takes IL of one size: name the image size the user passed and
+        the one that works, before a shape error deep inside the backbone."""
+        r = self.front_end.reduction
+        size = [math.ceil(s / r) for s in x.shape[-2:]]
+        if size in self.failed_il_sizes:
+            h, w = self.pretrained_cfg['input_size'][1:]
+            raise ValueError(
+                f'the backbone {_backbone_name(self.backbone)!r} does not run on IL of {size[0]}x{size[1]} (half '
+                f'the {x.shape[-2]}x{x.shape[-1]} images passed; checked at construction): use {h}x{w} images, '
+                f'or another size whose half it runs at (HRNet and DLA: a multiple of 64 px, 2x that in images)')
+        if self.fixed_image_size and size != [math.ceil(s / r) for s in self.fixed_image_size]:
+            h, w = self.fixed_image_size
+            raise ValueError(
+                f'this model takes {h}x{w} images (its backbone {_backbone_name(self.backbone)!r} has a fixed token '
+                f'grid, built for IL of {self.branch_size[0]}x{self.branch_size[1]}, half the image); got '
+                f'{x.shape[-2]}x{x.shape[-1]}: resize the images to {h}x{w}, or build the model for your size '
+                f"(backbone_kwargs=dict(img_size=...) with IL's size, half the image)")
 
     @torch.jit.unused
     def _check_dtype(self, x: Tensor) -> None:
@@ -537,8 +594,8 @@ class WAEWrapper(nn.Module):
         if self.ih_branch is None or high is None:
             return f_low
         f_high = self.ih_branch.forward_features(high)
-        if self.channel_dim == 2:  # tokens: the two grids are the same size by construction
-            return torch.cat([f_low, f_high], dim=2)
+        if self.channel_dim != 1:  # tokens, NHWC maps: the two grids are the same size by construction
+            return torch.cat([f_low, f_high], dim=self.channel_dim)
         return self._join(f_low, f_high)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -566,6 +623,11 @@ class WAEWrapper(nn.Module):
 
     def forward_train(self, x: Tensor, reconstruct: bool = False) -> WAEOutput:
         """One pass giving both scores and the sub-images; ``reconstruct`` also runs the decoder."""
+        if reconstruct and self.front_end.reparameterized:
+            raise RuntimeError(
+                'this model is in its inference form (timm.utils.reparameterize_model), which cannot reconstruct: '
+                'the decoder was dropped when the front end was folded. Train the unfolded model (the one '
+                'reparameterize_model was given) and reparameterize it after training')
         low, high = self.decompose(x)
         s_low, s_fused = self._heads(self._features(low, high))
         logits = s_low if s_fused is None else s_low + s_fused

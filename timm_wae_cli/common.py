@@ -145,6 +145,11 @@ def check_checkpoint(checkpoint: Optional[str]) -> None:
         raise CLIError(f'checkpoint {checkpoint!r} does not exist')
 
 
+def _cli_words(e: BaseException) -> str:
+    """An API error in the CLI's words: the flag, not the keyword argument."""
+    return str(e).replace('pass num_classes', 'pass --num-classes')
+
+
 def load_model(spec: str, pretrained: bool, checkpoint: Optional[str] = None, **kwargs: Any):
     """``hub.create_model`` of a spec that :func:`check_model_spec` returned (and a checkpoint that
     :func:`check_checkpoint` passed), with loading failures turned into CLIErrors."""
@@ -156,14 +161,14 @@ def load_model(spec: str, pretrained: bool, checkpoint: Optional[str] = None, **
             raise
         hint = (' (for random weights: --no-pretrained in eval/visualize, no --pretrained in bench; or load '
                 'a file with --checkpoint FILE)') if pretrained and not isinstance(e, TypeError) else ''
-        raise CLIError(f'could not load model {spec!r}: {e}{hint}') from None
+        raise CLIError(f'could not load model {spec!r}: {_cli_words(e)}{hint}') from None
     if checkpoint is not None:
         try:
             hub.load_weights(model, checkpoint)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             if os.environ.get('TIMM_WAE_DEBUG'):
                 raise
-            raise CLIError(f'could not load checkpoint {checkpoint!r} into {spec!r}: {e}') from None
+            raise CLIError(f'could not load checkpoint {checkpoint!r} into {spec!r}: {_cli_words(e)}') from None
     return model.eval()
 
 

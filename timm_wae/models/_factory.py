@@ -8,7 +8,7 @@ from timm.models import build_model_with_cfg, get_pretrained_cfg
 from timm.models._builder import resolve_pretrained_cfg  # the builder's own cfg resolution
 from torch import nn
 
-from ..hub import before_download, timm_filter, translate_hub_errors
+from ..hub import before_download, check_weights_file, timm_filter, translate_hub_errors
 from ..wrapper import WAEWrapper, wae_layer_names, wae_pool_size
 
 # The Hugging Face organisation that the project's weights are published under.
@@ -53,13 +53,24 @@ def _offline_overlay(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     or load the cached file without the Hub client's retries."""
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                  pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
-    if cfg.get('file') or not cfg.get('hf_hub_id'):
+    if cfg.get('file'):  # the local-file route: a file timm's loader would misread is named here
+        check_weights_file(cfg['file'])
         return kwargs
-    what = f"{variant}.{cfg['tag']}" if cfg.get('tag') else variant
+    if not cfg.get('hf_hub_id'):
+        return kwargs
+    what = _tagged(variant, kwargs)
     cached = before_download(cfg['hf_hub_id'], what)
     if cached is None:
         return kwargs
     return dict(kwargs, pretrained_cfg_overlay=dict(kwargs.get('pretrained_cfg_overlay') or {}, file=cached))
+
+
+def _tagged(variant: str, kwargs: Dict[str, Any]) -> str:
+    """The name with its pretrained tag (``wae_resnet18.imagenette``), as the user asked for it."""
+    if '.' in variant:
+        return variant
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'))
+    return f'{variant}.{cfg.tag}' if getattr(cfg, 'tag', None) else variant
 
 
 def create_wae(
@@ -82,6 +93,6 @@ def create_wae(
         if 'out_indices' not in kwargs and isinstance(kwargs.get('backbone'), str):  # every level of the backbone's
             with torch.device('meta'):
                 kwargs['out_indices'] = tuple(range(len(timm.create_model(kwargs['backbone']).feature_info)))
-    with translate_hub_errors(variant):
+    with translate_hub_errors(_tagged(variant, kwargs) if pretrained else variant):
         return build_model_with_cfg(
             model_fn, variant, pretrained, pretrained_strict=True, pretrained_filter_fn=timm_filter, **kwargs)

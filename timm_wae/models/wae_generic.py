@@ -24,4 +24,8 @@ def wae(pretrained: bool = False, backbone: str = 'resnet50', **kwargs: Any) -> 
     names = dict(wae_layer_names(inner, kwargs.get('front_end', 'wae'), fusion_head),
                  pool_size=wae_pool_size(inner, (3, 224, 224), kwargs.get('front_end', 'wae')))
     kwargs['pretrained_cfg_overlay'] = dict(names, **(kwargs.get('pretrained_cfg_overlay') or {}))
-    return create_wae('wae', pretrained, backbone=backbone, **kwargs)
+    model = create_wae('wae', pretrained, backbone=backbone, **kwargs)
+    image = getattr(model, 'pretrained_cfg', {}).get('input_size', (3, 224, 224))
+    if [-(-s // 2) for s in image[1:]] in getattr(model, 'failed_il_sizes', ()):  # HRNet, DLA at 224 px: a size it runs at
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(image[0], *[2 * s for s in model.branch_size]))
+    return model
