@@ -68,23 +68,29 @@ with torch.no_grad():
     result = dict(out=model(x).tolist(), seconds=seconds)
 """
 
-UNREACHABLE = """
-import time
-import timm, torchvision, timm_wae
-from timm_wae.hub import HubUnavailableError, create_model
-routes = {
-    'timm': lambda: timm.create_model('wae_resnet18.imagenette', pretrained=True),
-    'torchvision': lambda: torchvision.models.get_model('wae2_resnet18', weights='IMAGENETTE'),
-    'hf-hub': lambda: create_model('hf-hub:timm-wae/wae_resnet18.imagenette'),
-}
+# a client script's end: call every route in `routes`, timing each refusal (HubUnavailableError, or the CLI's error)
+TIME_ROUTES = """
 result = {}
 for name, route in routes.items():
     start = time.perf_counter()
     try:
         route()
         result[name] = dict(error=None)
-    except HubUnavailableError as e:
-        result[name] = dict(error=str(e), seconds=time.perf_counter() - start)
+    except (HubUnavailableError, CLIError) as e:
+        result[name] = dict(error=str(e), type=type(e).__name__, seconds=time.perf_counter() - start)
+"""
+
+
+UNREACHABLE = """
+import time
+import timm, torchvision, timm_wae
+from timm_wae.hub import HubUnavailableError, create_model
+from timm_wae_cli.common import CLIError
+routes = {
+    'timm': lambda: timm.create_model('wae_resnet18.imagenette', pretrained=True),
+    'torchvision': lambda: torchvision.models.get_model('wae2_resnet18', weights='IMAGENETTE'),
+    'hf-hub': lambda: create_model('hf-hub:timm-wae/wae_resnet18.imagenette'),
+}
 """
 
 
@@ -119,7 +125,7 @@ def test_push_then_download_through_timm_hf_hub_torchvision_and_torch_hub_then_c
 def test_unreachable_hub_says_so_and_how_to_use_a_local_file(tmp_path):
     env = client_env(tmp_path / 'empty-cache', f'http://127.0.0.1:{_free_port()}')
     env['HF_HUB_ETAG_TIMEOUT'] = env['HF_HUB_DOWNLOAD_TIMEOUT'] = '2'
-    res = run_client(UNREACHABLE, env)
+    res = run_client(UNREACHABLE + TIME_ROUTES, env)
     for route, tag in (('timm', 'wae_resnet18.imagenette'), ('torchvision', 'wae2_resnet18.imagenette'),
                        ('hf-hub', 'timm-wae/wae_resnet18.imagenette')):
         error = res[route]['error']
@@ -311,14 +317,6 @@ routes = {
     'cli': lambda: load_model('resnet50.a1_in1k', pretrained=True),  # what `timm-wae eval resnet50.a1_in1k` runs
     'wae tag': lambda: create_model('wae_resnet18.imagenette'),
 }
-result = {}
-for name, route in routes.items():
-    start = time.perf_counter()
-    try:
-        route()
-        result[name] = dict(error=None)
-    except (HubUnavailableError, CLIError) as e:
-        result[name] = dict(error=str(e), type=type(e).__name__, seconds=time.perf_counter() - start)
 """
 
 
@@ -330,7 +328,7 @@ def test_timm_backbone_weights_offline_fail_at_once_naming_hf_hub_offline_and_th
     nothing is contacted and the message does not say the Hub could not be reached; the tag stays in the name."""
     env = client_env(tmp_path / 'empty-cache', f'http://127.0.0.1:{_free_port()}', offline=offline)
     env['HF_HUB_ETAG_TIMEOUT'] = env['HF_HUB_DOWNLOAD_TIMEOUT'] = '2'
-    res = run_client(TIMM_WEIGHTS_OFFLINE, env, timeout=600, repo_root=REPO_ROOT)  # imports take long on a busy CPU
+    res = run_client(TIMM_WEIGHTS_OFFLINE + TIME_ROUTES, env, timeout=600, repo_root=REPO_ROOT)  # imports take long on a busy CPU
     for route, name in (('wrapper', 'resnet18'), ('hub', 'resnet50.a1_in1k'), ('cli', 'resnet50.a1_in1k'),
                         ('wae tag', 'wae_resnet18.imagenette')):
         error = res[route]['error']
