@@ -27,6 +27,11 @@ __all__ = ['WAEWrapper', 'WAEOutput', 'FusionHead', 'FlatMlp', 'wae_layer_names'
            'upgrade_state_dict']
 
 
+def _share(reduction: int) -> str:
+    """What IL's side is of the image's, in words for messages: 'half', '1/4'."""
+    return 'half' if reduction == 2 else f'1/{reduction}'
+
+
 def _tracing() -> bool:
     """A trace (torch.jit.trace, torch.fx) records ops, not Python decisions on shapes or dtypes."""
     if not torch.jit.is_scripting():
@@ -353,7 +358,7 @@ class WAEWrapper(nn.Module):
         except ShrinkError:
             raise
         except Exception as e:  # building it for another grid failed: a clear error, not the constructor's
-            raise ShrinkError(f'{_backbone_name(backbone)} cannot be built for IL (half the image): '
+            raise ShrinkError(f'{_backbone_name(backbone)} cannot be built for IL ({_share(self.front_end.reduction)} the image): '
                               f'{type(e).__name__}: {e}') from e
 
     def _check_builds(self) -> None:
@@ -379,11 +384,11 @@ class WAEWrapper(nn.Module):
         if not isinstance(network, nn.Module):
             raise TypeError(f'from_trained converts a trained nn.Module, got {type(network).__name__}; '
                             f"for a timm name use WAEWrapper(name, pretrained_backbone=True)")
-        model = cls(network, front_end=front_end, ih_fusion=ih_fusion, **kwargs)
-        if model.front_end.low_gain is None or not isinstance(model.front_end.norm_low, nn.BatchNorm2d):
+        if front_end_class(front_end).low_gain is None or not kwargs.get('standardize', True):
             raise ValueError(f"front_end={front_end!r} with standardize={kwargs.get('standardize', True)} cannot start "
                              f"where the network was (IL is not a known multiple of the pooled image): use "
                              f"front_end='wae2', 'wae4' or 'haar' with standardize=True")
+        model = cls(network, front_end=front_end, ih_fusion=ih_fusion, **kwargs)
         fc = model.fusion_head.head.fc if model.fusion_head is not None else None
         if isinstance(fc, nn.Linear):
             nn.init.zeros_(fc.weight)
@@ -454,11 +459,10 @@ class WAEWrapper(nn.Module):
         """Reset both heads (sL and sc); 0 removes them and forward() returns pooled features, or with
         ``global_pool=''`` the unpooled features themselves (timm's contract; the VGG-style MLP heads
         pool inside, so no head runs then)."""
-        if global_pool is not None:
-            self.unpooled = global_pool == ''
         if global_pool is None:
             self.backbone.reset_classifier(num_classes)
         else:
+            self.unpooled = global_pool == ''
             self.backbone.reset_classifier(num_classes, global_pool)
         if self.fusion_head is not None:
             self.fusion_head.reset(num_classes, global_pool)
@@ -557,16 +561,16 @@ class WAEWrapper(nn.Module):
         if size in self.failed_il_sizes:
             h, w = self.pretrained_cfg['input_size'][1:]
             raise ValueError(
-                f'the backbone {_backbone_name(self.backbone)!r} does not run on IL of {size[0]}x{size[1]} (half '
+                f'the backbone {_backbone_name(self.backbone)!r} does not run on IL of {size[0]}x{size[1]} ({_share(r)} '
                 f'the {x.shape[-2]}x{x.shape[-1]} images passed; checked at construction): use {h}x{w} images, '
-                f'or another size whose half it runs at (HRNet and DLA: a multiple of 64 px, 2x that in images)')
+                f'or another size whose {_share(r)} it runs at (HRNet and DLA: a multiple of 64 px, {r}x that in images)')
         if self.fixed_image_size and size != [math.ceil(s / r) for s in self.fixed_image_size]:
             h, w = self.fixed_image_size
             raise ValueError(
                 f'this model takes {h}x{w} images (its backbone {_backbone_name(self.backbone)!r} has a fixed token '
-                f'grid, built for IL of {self.branch_size[0]}x{self.branch_size[1]}, half the image); got '
+                f'grid, built for IL of {self.branch_size[0]}x{self.branch_size[1]}, {_share(r)} the image); got '
                 f'{x.shape[-2]}x{x.shape[-1]}: resize the images to {h}x{w}, or build the model for your size '
-                f"(backbone_kwargs=dict(img_size=...) with IL's size, half the image)")
+                f"(backbone_kwargs=dict(img_size=...) with IL's size, {_share(r)} the image)")
 
     @torch.jit.unused
     def _check_dtype(self, x: Tensor) -> None:
