@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from timm_wae import TransformLoss, WaveletLikeAutoEncoder
-from timm_wae.autoencoder import HalfResolutionWAE, QuarterResolutionWAE
+from timm_wae.front_ends import HalfResolutionWAE, QuarterResolutionWAE
 from timm_wae.bench import count_macs
-from timm_wae.wavelets import HaarDWT, haar_matrix
+from timm_wae.front_ends.wavelets import HaarDWT, haar_matrix
 
 
 @pytest.mark.parametrize('size', [(32, 32), (33, 47), (17, 16)])
@@ -159,7 +159,7 @@ def test_learned_front_ends_hand_back_the_callers_memory_layout(front_end):
 
 def test_encoder_branches_are_its_to_low_and_to_high_convs():
     """forward runs both stride-2 convs as one (speed); the result must be exactly theirs, gradients too."""
-    from timm_wae.autoencoder import WAEEncoder
+    from timm_wae.front_ends.autoencoder import WAEEncoder
     torch.manual_seed(0)
     enc = WAEEncoder()
     x = torch.randn(2, 3, 15, 18)

@@ -7,7 +7,7 @@ import pytest
 import pywt
 import torch
 
-from timm_wae.wavelets import DWT97, HaarDWT, dwt2, haar_matrix, idwt2
+from timm_wae.front_ends.wavelets import DWT97, HaarDWT, dwt2, haar_matrix, idwt2
 
 SHAPES = [(2, 3, 16, 16), (1, 3, 32, 48), (1, 2, 4, 6)]
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}

@@ -2,11 +2,9 @@
 
 ``import timm_wae`` registers the ``wae_*`` models with timm (and torchvision).
 """
-from .autoencoder import TransformLoss, WaveletLikeAutoEncoder, check_image
-from .front_ends import FrontEnd, create_front_end
+from .front_ends import DWT97, FrontEnd, TransformLoss, WaveletLikeAutoEncoder, check_image, create_front_end
 from .models import HUB_ORG, released_vgg
 from .shrink import ShrinkError, shrink_width
-from .wavelets import DWT97
 from .wrapper import WAEOutput, WAEWrapper
 
 __version__ = '0.2.0'

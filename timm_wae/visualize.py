@@ -12,7 +12,7 @@ of the same input beside them). What is computed:
   the resize front end, which cannot) is
   de-normalised (``I' * std + mean``) and clamped to [0, 1], and its **PSNR** is
   10·log10(1 / MSE) against ``x01`` (peak 1, all channels).
-* ``compare``: the single-level periodized CDF 9/7 DWT (``timm_wae.wavelets.dwt2``) of the same
+* ``compare``: the single-level periodized CDF 9/7 DWT (``timm_wae.front_ends.wavelets.dwt2``) of the same
   normalised input ``x``: cA, and |cH| + |cV| + |cD| per colour channel, with the share of the
   detail bands in the total energy computed the same way.
 * Display: IL, IH, cA and the details are each **min-max stretched per image** (over all their
@@ -103,7 +103,7 @@ def decompose_image(model: nn.Module, x01: Tensor, mean: Sequence[float], std: S
         out['recon'] = r01.cpu()
         out['psnr_db'] = psnr(r01, x01)
     if compare:
-        from .wavelets import dwt2
+        from .front_ends.wavelets import dwt2
         dwt_low, dwt_high = dwt2(x)
         out['dwt_ca'] = stretch(dwt_low[0].cpu())
         out['dwt_details'] = stretch(_details_magnitude(dwt_high[0]).cpu())

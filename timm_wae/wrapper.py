@@ -19,7 +19,7 @@ from timm.models.vgg import ConvMlp
 from torch import Tensor, nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from .autoencoder import check_image
+from .front_ends import check_image
 from .front_ends import create_front_end, front_end_class
 from .shrink import ShrinkError, check_runs, il_sizes, probe_backbone, shrink_width, widen_input
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .front_ends import FrontEnd
+from .base import FrontEnd
 
 __all__ = ["DWT97", "HaarDWT", "dwt2", "idwt2", "haar_matrix", "pad_to_even", "pad_to_multiple"]
 

@@ -1,4 +1,4 @@
-"""The resize front end of the paper's IR baseline (the wavelet baselines are in ``wavelets.py``).
+"""The front end ``'resize'``: the paper's IR baseline (the wavelet baselines are in ``wavelets.py``).
 
 It shares the ``FrontEnd`` interface with the learned WAE, so the baseline shares the classifier
 structure, the training recipe and the measurement code with it.
@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
-from .front_ends import FrontEnd
+from .base import FrontEnd
 
 __all__ = ['ResizeFrontEnd']
 

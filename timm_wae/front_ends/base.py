@@ -17,25 +17,37 @@ Every front end (the learned WAEs, the fixed wavelets, the resize baseline) is a
 So the wrapper, the recipes and the pictures ask a front end what it can do instead of branching
 on its name; the name only picks the class (``front_end_class``, ``create_front_end``).
 """
-import importlib
-from typing import Optional, Tuple, Type
+from typing import Optional, Tuple
 
 import torch
-from timm.layers import register_notrace_module
+from timm.layers import register_notrace_function, register_notrace_module
 from torch import Tensor, nn
 
-__all__ = ['FrontEnd', 'create_front_end', 'front_end_class', 'FRONT_ENDS']
+__all__ = ['FrontEnd', 'LearnedFrontEnd', 'check_image']
 
-# name -> (module, class): imported when asked for, because those modules subclass FrontEnd from this one
-_CLASSES = {
-    'wae': ('autoencoder', 'WaveletLikeAutoEncoder'),
-    'wae2': ('autoencoder', 'HalfResolutionWAE'),
-    'wae4': ('autoencoder', 'QuarterResolutionWAE'),
-    'dwt97': ('wavelets', 'DWT97'),
-    'haar': ('wavelets', 'HaarDWT'),
-    'resize': ('baselines', 'ResizeFrontEnd'),
-}
-FRONT_ENDS = tuple(_CLASSES)
+
+@register_notrace_function  # torch.fx records the call (the check runs in the traced module) instead of tracing it
+def check_image(x: Tensor, in_chans: int, what: str = 'image batch') -> None:
+    """Fail early, with a message naming the problem, before any convolution sees a bad input.
+
+    Written with string concatenation so that TorchScript compiles it (no tuple() in f-strings).
+    """
+    if not torch.jit.is_scripting() and not isinstance(x, Tensor):
+        raise TypeError(f'expected a torch.Tensor {what} [B, {in_chans}, H, W], got {type(x).__name__}')
+    if torch.jit.is_tracing():  # a trace records ops, not Python checks (they would warn and bake in constants)
+        return
+    layout = what + ' [B, ' + str(in_chans) + ', H, W]'
+    if x.dim() != 4:
+        raise ValueError('expected a 4-D ' + layout + ', got a ' + str(x.dim()) + '-D tensor of shape '
+                         + str(list(x.shape)))
+    if x.shape[1] != in_chans:
+        raise ValueError('expected ' + str(in_chans) + ' input channels (' + layout + '), got ' + str(x.shape[1])
+                         + ' channels in shape ' + str(list(x.shape)))
+    if x.shape[-2] < 2 or x.shape[-1] < 2:
+        raise ValueError('expected an image of at least 2x2 pixels, got ' + str(list(x.shape[-2:])))
+    if not x.is_floating_point():
+        raise TypeError('expected a floating point ' + what + ', got dtype ' + str(x.dtype)
+                        + ' (normalise images first)')
 
 
 @register_notrace_module  # torch.fx (create_feature_extractor) calls a front end as one leaf: its input checks and
@@ -107,16 +119,59 @@ def _affine(norm: nn.Module, chans: int) -> Tuple[Tensor, Tensor]:
     return scale.float(), (-norm.running_mean.double() * scale).float()
 
 
-def front_end_class(name: str) -> Type[FrontEnd]:
-    """The class of the front end called ``name`` (ask it ``learned`` without building one)."""
-    if name not in _CLASSES:
-        raise ValueError(f'unknown front_end {name!r}; expected one of {FRONT_ENDS}')
-    module, cls = _CLASSES[name]
-    return getattr(importlib.import_module(f'{__package__}.{module}'), cls)
+def in_callers_layout(caller: Tensor, low: Tensor, high: Tensor) -> Tuple[Tensor, Tensor]:
+    """The learned front ends compute in channels_last on CPU; their outputs go back in the layout of
+    the caller's image (a model run channels_last end to end stays channels_last)."""
+    if caller.is_contiguous(memory_format=torch.channels_last) and not caller.is_contiguous():
+        return low.contiguous(memory_format=torch.channels_last), high.contiguous(memory_format=torch.channels_last)
+    return low.contiguous(), high.contiguous()
 
 
-def create_front_end(name: str, in_chans: int = 3, width: int = 16, decoder: bool = True) -> FrontEnd:
-    """The front end called ``name`` for ``in_chans``-channel images; ``width``: a learned WAE's inner
-    channels; ``decoder``: whether a learned one gets its decoder (to train it with the transform loss)."""
-    cls = front_end_class(name)
-    return cls(in_chans, width, decoder=decoder) if cls.learned else cls(in_chans)
+def conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1)
+
+
+class LearnedFrontEnd(FrontEnd):
+    """A front end with an ``encoder`` (the forward) and, for training it with the transform loss, a
+    ``decoder`` (``reconstruct``).
+
+    The decoder never runs in ``forward``: a classifier built around the front end has it only when
+    asked (``WAEWrapper(with_decoder=True)``, the recipes' stages 1 and 3, or ``attach_decoder()``),
+    so that an ordinary training loop (or DDP) never carries parameters without gradients.
+    """
+
+    learned = True
+
+    def __init__(self, low_chans: int, high_chans: int):
+        super().__init__(low_chans, high_chans)
+        self.can_reconstruct = False
+
+    def _make_decoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    @torch.jit.unused
+    def attach_decoder(self) -> nn.Module:
+        """Give the front end its decoder (a no-op when it has one); returns it. Build the optimizer after."""
+        if self.reparameterized:
+            raise RuntimeError(f'this {type(self).__name__} is in its inference form (reparameterized): it cannot '
+                               f'get a decoder; train the unfolded model instead')
+        if not hasattr(self, 'decoder'):
+            self.decoder = self._make_decoder()
+            p = next(self.encoder.parameters())
+            self.decoder.to(device=p.device, dtype=p.dtype)
+        self.can_reconstruct = True
+        return self.decoder
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.encoder(x)
+
+    @torch.jit.unused
+    def reconstruct(self, low: Tensor, high: Optional[Tensor], size: Optional[Tuple[int, int]] = None) -> Tensor:
+        if not hasattr(self, 'decoder'):
+            if self.reparameterized:
+                raise RuntimeError(f'this {type(self).__name__} is in its inference form (reparameterized: the '
+                                   f'decoder was dropped) and cannot reconstruct; train or reconstruct with the '
+                                   f'unfolded model')
+            raise RuntimeError(f'this {type(self).__name__} has no decoder: build the model with with_decoder=True '
+                               f'(or call front_end.attach_decoder() before building the optimizer) to reconstruct')
+        return self.decoder(low, high, size)
