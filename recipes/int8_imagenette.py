@@ -28,7 +28,7 @@ import torch
 from timm_wae.bench import benchmark, format_table, results_as_dicts
 from timm_wae.evaluate import eval_folder, evaluate
 from timm_wae.export import OnnxRuntimeModel, calibration_batches, export_onnx, quantize_onnx
-from timm_wae.hub import create_model
+from timm_wae import load_model
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = timm.utils.reparameterize_model(create_model(args.model, pretrained=args.pretrained).eval())
+    model = timm.utils.reparameterize_model(load_model(args.model, pretrained=args.pretrained).eval())
     size = tuple(timm.data.resolve_model_data_config(model)['input_size'])
     work = Path(tempfile.mkdtemp(prefix='timm_wae_int8_'))
     fp32 = export_onnx(model, work / 'fp32.onnx', size)

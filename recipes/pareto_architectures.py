@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 import train  # noqa: E402  (the recipe's config and model building)
 from report_pareto import row_of  # noqa: E402
 
-from timm_wae.hub import save_pretrained  # noqa: E402
+from timm_wae.weights import save_pretrained  # noqa: E402
 
 NUM_CLASSES = 10  # Imagenette
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_wae.distill import DistillationLoss, Teacher, load_teacher
-from timm_wae.hub import save_pretrained
+from timm_wae.weights import save_pretrained
 
 
 @pytest.mark.parametrize('t', [1.0, 4.0])

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 import timm_wae
 from hub_server import HubServer, client_env, run_client
-from timm_wae.hub import WeightsError, create_model, load_weights, save_pretrained
+from timm_wae import load_model as create_model
+from timm_wae.weights import WeightsError, load_weights, save_pretrained
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -84,7 +85,8 @@ for name, route in routes.items():
 UNREACHABLE = """
 import time
 import timm, torchvision, timm_wae
-from timm_wae.hub import HubUnavailableError, create_model
+from timm_wae import load_model as create_model
+from timm_wae.hub import HubUnavailableError
 from timm_wae_cli.common import CLIError
 routes = {
     'timm': lambda: timm.create_model('wae_resnet18.imagenette', pretrained=True),
@@ -309,7 +311,8 @@ TIMM_WEIGHTS_OFFLINE = """
 import time
 import torch, timm_wae
 from timm_wae import WAEWrapper
-from timm_wae.hub import HubUnavailableError, create_model
+from timm_wae import load_model as create_model
+from timm_wae.hub import HubUnavailableError
 from timm_wae_cli.common import CLIError, load_model
 routes = {
     'wrapper': lambda: WAEWrapper('resnet18', pretrained_backbone=True),

@@ -261,7 +261,7 @@ def test_smoke_run_logs_every_metric_and_saves_each_stage_in_the_hub_layout(refe
     assert wae and all(torch.equal(s1[k], s2[k]) for k in wae)
     assert any(not torch.equal(s2[k], s3[k]) for k in wae)  # stage 3 trains it again
     assert (pushed / 'model.safetensors').read_bytes() == (out / 'stage3' / 'model' / 'model.safetensors').read_bytes()
-    from timm_wae.hub import create_model
+    from timm_wae import load_model as create_model
     model = create_model(str(out / 'stage3' / 'model'))
     assert model.pretrained_cfg['label_names'] == ['class0', 'class1', 'class2']
 
@@ -459,7 +459,7 @@ def test_converting_a_trained_network_with_distillation(data_root, tmp_path, mon
                        f'model.backbone_from={teacher}', f'distill.teacher={teacher}']) == 0
     saved_cfg = train.load_config(out / 'config.yaml', [])
     assert saved_cfg.model.backbone == 'test_resnet' and (out / 'stage2' / 'done.json').is_file()
-    from timm_wae.hub import create_model
+    from timm_wae import load_model as create_model
     network = create_model(str(teacher)).eval()
     x = torch.randn(2, 3, 32, 32)
     for spec, extra in ((str(teacher), []), (str(teacher / 'model.safetensors'), ['model.backbone=test_resnet'])):

@@ -149,7 +149,7 @@ def test_architecture_folders_time_every_row_at_its_size_and_mark_conversions(tm
                      'model.backbone_from=$OUT/lowres128_s0/stage2/model\n')
     assert module.main([str(tmp_path / 'arch'), '--rows', str(table)]) == 0
     assert sorted(p.name for p in (tmp_path / 'arch').iterdir()) == ['ft_wae4_stem', 'lowres48']
-    from timm_wae.hub import create_model
+    from timm_wae import load_model as create_model
     lowres, wae4 = (create_model(str(tmp_path / 'arch' / r)) for r in ('lowres48', 'ft_wae4_stem'))
     assert tuple(lowres.pretrained_cfg['input_size']) == (3, 48, 48) and wae4.pretrained_cfg['input_size'][-1] == 128
     assert wae4.model_args['front_end'] == 'wae4' and wae4.num_classes == 10

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from timm_wae.hub import create_model
+from timm_wae import load_model as create_model
 
 SAVED = Path(__file__).parent / 'data' / 'v0.2'
 FOLDERS = sorted(p.name for p in SAVED.iterdir() if p.is_dir())

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm_wae
-from timm_wae import FrontEnd, ShrinkError, TransformLoss, WAEWrapper, hub
+from timm_wae import FrontEnd, ShrinkError, TransformLoss, WAEWrapper, weights
 
 FAMILIES = [
     'vgg11', 'vgg16', 'vgg11_bn', 'vgg16_bn', 'resnet18', 'resnet50', 'resnext50_32x4d', 'seresnet50',
@@ -98,7 +98,8 @@ def test_a_classifier_has_no_decoder_unless_asked_and_loads_files_that_hold_one(
     forward (DDP, timm's training loop). A model trained with one (with_decoder=True, config.json says
     so) reloads with it, and a file that holds a decoder (the layout before 0.3) gives the model its
     decoder rather than dropping it."""
-    from timm_wae.hub import create_model, load_weights, save_pretrained
+    from timm_wae import load_model as create_model
+    from timm_wae.weights import load_weights, save_pretrained
     model = WAEWrapper('resnet18', num_classes=3, front_end=front_end)
     assert not [n for n, _ in model.named_parameters() if '.decoder.' in n] and not model.front_end.can_reconstruct
     model(X).mean().backward()
@@ -157,7 +158,7 @@ def test_reparameterize_model_folds_the_standardisation_and_drops_the_decoder(na
     assert isinstance(folded.front_end.norm_low, nn.Identity) == foldable
     assert not hasattr(folded.front_end, 'decoder') and hasattr(model.front_end, 'decoder') == model.front_end.learned
     with pytest.raises(ValueError, match='reparameterized for inference'):
-        hub.save_pretrained(folded, tmp_path)
+        weights.save_pretrained(folded, tmp_path)
     with pytest.raises(RuntimeError, match='already in its inference form'):  # folding twice: a lost track of forms
         timm.utils.reparameterize_model(folded)
 
@@ -179,10 +180,10 @@ def test_weights_saved_by_timm_wae_0_1_load_with_the_front_end_renamed(tmp_path)
     config['model_args']['energy_weight'] = 0.25
     config['pretrained_cfg']['first_conv'] = 'wae.encoder.stem.0'
     (tmp_path / 'config.json').write_text(json.dumps(config))
-    loaded = hub.create_model(str(tmp_path)).eval()  # the folder route, through hub's strict check
+    loaded = timm_wae.load_model(str(tmp_path)).eval()  # the folder route, through hub's strict check
     torch.testing.assert_close(loaded(X), model(X))
     assert loaded.first_conv == 'front_end.encoder.stem.0'
-    again = hub.load_weights(timm.create_model('wae', backbone='resnet18', num_classes=3).eval(),
+    again = weights.load_weights(timm.create_model('wae', backbone='resnet18', num_classes=3).eval(),
                              tmp_path / 'model.safetensors')
     torch.testing.assert_close(again(X), model(X))
 
@@ -400,7 +401,8 @@ def test_stem_fusion_and_front_end_names_are_checked():
 
 
 def test_wae2_saves_and_reloads_with_its_fusion(tmp_path):
-    from timm_wae.hub import create_model, save_pretrained
+    from timm_wae import load_model as create_model
+    from timm_wae.weights import save_pretrained
     model = WAEWrapper('resnet18', num_classes=3, front_end='wae2', ih_fusion='stem').eval()
     with torch.no_grad():
         model.front_end.encoder.refine.conv2.weight.normal_()  # not the init any more: the weights must travel
@@ -411,7 +413,8 @@ def test_wae2_saves_and_reloads_with_its_fusion(tmp_path):
 
 
 def test_wae2_models_are_registered_with_their_backbones_transform_and_reload_from_a_folder(tmp_path):
-    from timm_wae.hub import create_model, save_pretrained
+    from timm_wae import load_model as create_model
+    from timm_wae.weights import save_pretrained
     for prefix in ('wae2', 'wae4'):
         assert set(timm.list_models(f'{prefix}_*')) == {f'{prefix}_resnet18', f'{prefix}_resnet50',
                                                          f'{prefix}_efficientnet_b0', f'{prefix}_mobilenetv3_large_100'}
@@ -507,7 +510,7 @@ def test_token_models_get_a_quarter_width_branch_through_embed_dim_on_the_half_s
     assert feats.shape[-1] == model.num_features == model.backbone.embed_dim + model.ih_branch.embed_dim
     torch.testing.assert_close(torch.jit.script(model)(x), model(x))
     save_for_hf(model, tmp_path, safe_serialization=True)
-    torch.testing.assert_close(hub.create_model(str(tmp_path)).eval()(x), model(x))
+    torch.testing.assert_close(timm_wae.load_model(str(tmp_path)).eval()(x), model(x))
     pyramid = timm.create_model('wae', backbone=name, features_only=True, out_indices=(1, 3)).eval()
     with torch.no_grad():
         maps = pyramid(x)

@@ -3,9 +3,10 @@
 ``import timm_wae`` registers the ``wae_*`` models with timm (and torchvision).
 """
 from .front_ends import DWT97, FrontEnd, TransformLoss, WaveletLikeAutoEncoder, check_image, create_front_end
-from .models import HUB_ORG, released_vgg
-from .shrink import ShrinkError, shrink_width
-from .wrapper import WAEOutput, WAEWrapper
+from .model_spec import load_model
+from .models import WAEOutput, WAEWrapper
+from .pretrained import HUB_ORG
+from .surgery import ShrinkError, released_vgg, shrink_width
 
 __version__ = '0.2.0'
 

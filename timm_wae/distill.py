@@ -61,9 +61,9 @@ def load_teacher(spec: str, num_classes: int, input_size: Optional[Union[int, Se
     Fails before any training with a message naming the teacher when it cannot be loaded or has
     another number of classes than the data.
     """
-    from .hub import create_model
+    from .model_spec import load_model
     try:
-        model = create_model(spec, pretrained=True)
+        model = load_model(spec, pretrained=True)
     except Exception as e:  # any failure to build or load: say which teacher, keep the cause
         raise ValueError(f'could not load the distillation teacher {spec!r}: {e}') from e
     if model.num_classes != num_classes:

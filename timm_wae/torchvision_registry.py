@@ -1,6 +1,6 @@
 """torchvision's door: ``torchvision.models.get_model('wae_resnet50', weights='IMAGENETTE')``.
 
-Each registered ``wae_*`` model gets a builder and a ``WeightsEnum`` made from its timm
+Each model of the tag table (``timm_wae.pretrained``) gets a builder and a ``WeightsEnum`` made from its timm
 pretrained cfgs (one member per tag), so that the weights, their transforms and their metadata
 are described as data, as torchvision does it. The weights themselves come through timm's Hub
 download, into the Hugging Face cache.
@@ -18,14 +18,12 @@ from torchvision.models._meta import _IMAGENET_CATEGORIES
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
+from .pretrained import IMAGENETTE_CATEGORIES, MODELS, TAGS
+from .weights import WEIGHTS_NAME
+
 __all__ = ['WEIGHTS', 'IMAGENETTE_CATEGORIES', 'register_torchvision_models']
 
-IMAGENETTE_CATEGORIES = [
-    'tench', 'English springer', 'cassette player', 'chain saw', 'church', 'French horn',
-    'garbage truck', 'gas pump', 'golf ball', 'parachute',
-]
-_CATEGORIES = {'in1k': _IMAGENET_CATEGORIES, 'imagenette': IMAGENETTE_CATEGORIES}
-_HUB = 'https://huggingface.co/{}/resolve/main/model.safetensors'
+_HUB = 'https://huggingface.co/{}/resolve/main/' + WEIGHTS_NAME
 
 # Weights enums by model name, e.g. WEIGHTS['wae_resnet50'].IMAGENETTE
 WEIGHTS: Dict[str, type] = {}
@@ -69,7 +67,7 @@ def _weights(model_name: str, tag: str) -> Weights:
             mean=cfg['mean'], std=cfg['std'], interpolation=InterpolationMode(cfg['interpolation'])),
         meta=_Meta(
             model_name, cfg['num_classes'],
-            categories=_CATEGORIES[tag],
+            categories=list(TAGS[tag].categories or _IMAGENET_CATEGORIES),
             tag=tag,
             hf_hub_id=cfg['hf_hub_id'],
             min_size=(size // 2, size // 2),
@@ -94,13 +92,11 @@ def _make_builder(model_name: str, weights_enum: type) -> Callable[..., Any]:
 
 
 def register_torchvision_models() -> None:
-    """Register every ``wae_*``, ``wae2_*`` and ``wae4_*`` timm model with torchvision (idempotent)."""
-    from .models import FAMILIES
-    for name in timm.list_models(list(FAMILIES)):
+    """Register every model of the tag table with torchvision (idempotent)."""
+    for name in MODELS:
         if name in BUILTIN_MODELS:
             continue
-        tags = [t for t in timm.list_pretrained(f'{name}.*')]
-        members = {t.split('.', 1)[1].upper(): _weights(name, t.split('.', 1)[1]) for t in tags}
+        members = {tag.upper(): _weights(name, tag) for tag in sorted(TAGS)}
         members['DEFAULT'] = members[get_pretrained_cfg(name).tag.upper()]
         weights_enum = WeightsEnum(_enum_name(name), members, module=__name__)
         WEIGHTS[name] = weights_enum

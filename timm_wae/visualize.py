@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .models.wae import is_wae_model
+
 __all__ = ['decompose_image', 'energy_share', 'psnr', 'stretch', 'render', 'visualize']
 
 
@@ -64,11 +66,6 @@ def _details_magnitude(high: Tensor, chans: int = 0) -> Tensor:
     return out
 
 
-def _has_decomposition(model: nn.Module) -> bool:
-    from .front_ends import FrontEnd
-    return callable(getattr(model, 'decompose', None)) and isinstance(getattr(model, 'front_end', None), FrontEnd)
-
-
 @torch.inference_mode()
 def decompose_image(model: nn.Module, x01: Tensor, mean: Sequence[float], std: Sequence[float],
                     compare: bool = False) -> Dict[str, Any]:
@@ -78,7 +75,7 @@ def decompose_image(model: nn.Module, x01: Tensor, mean: Sequence[float], std: S
     [C, H, W] tensors in [0, 1], or None) and the numbers (``energy_share``, ``psnr_db``,
     ``dwt_energy_share``).
     """
-    if not _has_decomposition(model):
+    if not is_wae_model(model):
         raise ValueError('the model has no WAE front end (decompose() and a FrontEnd): visualize needs a '
                          'WAE model such as wae_resnet18 or a WAEWrapper checkpoint')
     device = next(model.parameters()).device
@@ -181,7 +178,7 @@ def visualize(
 
     if not images:
         raise ValueError('no images given')
-    if not _has_decomposition(model):
+    if not is_wae_model(model):
         raise ValueError(f'model {model_name or type(model).__name__!r} has no WAE front end (decompose() and a '
                          f'FrontEnd): visualize needs a WAE model such as wae_resnet18 or a WAEWrapper checkpoint')
     model = model.eval()

@@ -9,7 +9,7 @@ One module per command (``bench``, ``evaluate``, ``visualize``, ``push``, ``trai
 Every command takes the same MODEL specs, so that a WAE model and its plain timm baseline are
 measured by the same code: a registered name (``wae_resnet18``, ``resnet50``, with an optional
 ``.tag``), an ``hf-hub:owner/name`` id, or a local folder in the Hub layout (config.json +
-model.safetensors, e.g. a training recipe's output). Models are made by ``timm_wae.hub.create_model``.
+model.safetensors, e.g. a training recipe's output). Models are made by ``timm_wae.load_model``.
 
 User errors (missing data, empty class folder, unknown model, unreadable image, ...) print
 ``timm-wae: error: ...`` to stderr and exit with status 2, without a traceback (set

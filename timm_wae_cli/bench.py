@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from timm_wae.bench import benchmark, format_table, results_as_dicts, trust_warnings
+    from timm_wae.models.wae import is_wae_model
 
     if args.device == 'auto':
         devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         model = common.load_model(checked[spec], pretrained=args.pretrained)
         models[spec] = model
         baselines[spec] = None
-        if common.is_wae_model(model):
+        if is_wae_model(model):
             arch = model.backbone.pretrained_cfg.get('architecture')
             if not arch or not timm.is_model(arch):
                 print(f'warning: no timm architecture recorded for the backbone of {spec!r}; no speed-up',

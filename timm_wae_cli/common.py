@@ -97,47 +97,17 @@ def model_options(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------------- models
 def check_model_spec(spec: str) -> str:
-    """Fail with a message naming the problem unless ``spec`` can name a model; returns the spec to load."""
-    if spec.startswith('hf-hub:'):
-        repo = spec[len('hf-hub:'):]
-        if repo.count('/') != 1 or not all(repo.split('/')):
-            raise CLIError(f'invalid Hub id {spec!r}; expected hf-hub:owner/name')
-        return spec
-    if spec.startswith('local-dir:'):
-        spec = spec[len('local-dir:'):]
-        if not Path(spec).is_dir():
-            raise CLIError(f'model folder {spec!r} does not exist')
-    path = Path(spec)
-    if path.is_dir():
-        if not (path / 'config.json').is_file():
-            raise CLIError(f'model folder {spec!r} has no config.json (expected the Hub layout: config.json + '
-                           f'model.safetensors)')
-        return spec
-    if path.is_file() and path.suffix == '.onnx':
-        raise CLIError(f'{spec!r} is an ONNX file (an exported or INT8 model); the commands run PyTorch models: '
-                       f'give the model it came from (bench MODEL --paths onnx,int8 times its ONNX and INT8 forms)')
-    if path.is_file():
-        raise CLIError(f'{spec!r} is a file, not a model: give a model name with --checkpoint {spec}, or a model '
-                       f'folder (config.json + model.safetensors)')
-    import timm
-    import timm_wae  # noqa: F401  (registers the wae_* models)
-    if not timm.is_model(spec):
-        if os.sep in spec or spec.startswith('.') or (os.altsep and os.altsep in spec):
-            raise CLIError(f'model folder {spec!r} does not exist')
-        import difflib
-        close = difflib.get_close_matches(spec, timm.list_models(), n=3, cutoff=0.75)
-        hint = f' (did you mean {", ".join(close)}?)' if close else ''
-        raise CLIError(f"unknown model {spec!r}; try `timm.list_models('wae_*')`{hint}, an hf-hub:owner/name id "
-                       f"or a model folder")
-    if '.' in spec:
-        from timm.models import get_pretrained_cfg
-        try:
-            get_pretrained_cfg(spec)
-        except RuntimeError:
-            arch, tag = spec.split('.', 1)
-            raise CLIError(f"unknown pretrained tag {tag!r} of model {arch!r}; try "
-                           f"`timm.list_pretrained('{arch}*')`") from None
-    return spec
+    """Fail with a message naming the problem unless ``spec`` can name a model (``timm_wae.model_spec``, the
+    grammar the Python API reads too); returns the spec to load."""
+    from timm_wae.model_spec import ModelSpecError, resolve_spec
+    from timm_wae.weights import WeightsError
+    try:
+        resolved = resolve_spec(spec)
+    except WeightsError as e:  # an ONNX file
+        raise CLIError(f'{e} (bench MODEL --paths onnx,int8 times its ONNX and INT8 forms)') from None
+    except ModelSpecError as e:
+        raise CLIError(str(e)) from None
+    return resolved.name if resolved.kind == 'folder' else spec
 
 
 def check_checkpoint(checkpoint: Optional[str]) -> None:
@@ -151,11 +121,12 @@ def _cli_words(e: BaseException) -> str:
 
 
 def load_model(spec: str, pretrained: bool, checkpoint: Optional[str] = None, **kwargs: Any):
-    """``hub.create_model`` of a spec that :func:`check_model_spec` returned (and a checkpoint that
+    """``timm_wae.load_model`` of a spec that :func:`check_model_spec` returned (and a checkpoint that
     :func:`check_checkpoint` passed), with loading failures turned into CLIErrors."""
-    from timm_wae import hub
+    import timm_wae
+    from timm_wae.weights import load_weights
     try:
-        model = hub.create_model(spec, pretrained=pretrained and checkpoint is None, **kwargs)
+        model = timm_wae.load_model(spec, pretrained=pretrained and checkpoint is None, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         if os.environ.get('TIMM_WAE_DEBUG'):
             raise
@@ -164,18 +135,12 @@ def load_model(spec: str, pretrained: bool, checkpoint: Optional[str] = None, **
         raise CLIError(f'could not load model {spec!r}: {_cli_words(e)}{hint}') from None
     if checkpoint is not None:
         try:
-            hub.load_weights(model, checkpoint)
+            load_weights(model, checkpoint)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             if os.environ.get('TIMM_WAE_DEBUG'):
                 raise
             raise CLIError(f'could not load checkpoint {checkpoint!r} into {spec!r}: {_cli_words(e)}') from None
     return model.eval()
-
-
-def is_wae_model(model) -> bool:
-    """A WAEWrapper-like model: a WAE front end and a backbone to compare it with."""
-    from timm_wae import FrontEnd
-    return hasattr(model, 'backbone') and isinstance(getattr(model, 'front_end', None), FrontEnd)
 
 
 def device(name: str):

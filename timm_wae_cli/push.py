@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [f for f in ('config.json', 'model.safetensors') if not (folder / f).is_file()]
     if missing:
         raise common.CLIError(f'model folder {args.folder!r} has no {" and no ".join(missing)} (expected the Hub '
-                              f'layout written by timm_wae.hub.save_pretrained or the training recipes)')
+                              f'layout written by timm_wae.weights.save_pretrained or the training recipes)')
     if args.repo_id.count('/') != 1 or not all(args.repo_id.split('/')):
         raise common.CLIError(f'invalid repo id {args.repo_id!r}; expected owner/name')
     from timm_wae import hub

@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
 
 def run(args: argparse.Namespace) -> int:
     from timm_wae.evaluate import UnreadableImageError, read_image
+    from timm_wae.models.wae import is_wae_model
     from timm_wae.visualize import visualize
 
     for p in args.images:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     common.check_out_parent(args.json)
     common.check_checkpoint(args.checkpoint)
     model = common.load_model(common.check_model_spec(args.model), pretrained=args.pretrained, checkpoint=args.checkpoint)
-    if not common.is_wae_model(model):
+    if not is_wae_model(model):
         raise common.CLIError(f'model {args.model!r} has no WAE front end to visualise (it is not a WAEWrapper); '
                               f"try a wae_* model: `timm.list_models('wae_*')`")
     front_end = model.front_end

@@ -57,6 +57,7 @@ class FrontEnd(nn.Module):  # size-dependent padding are Python decisions, not o
     learned: bool = False
     can_reconstruct: bool = True
     low_name: str = 'IL'
+    makes_ih: bool = True               # False: no detail image (high_chans == 0)
     first_layer: Optional[str] = None   # the front end's first conv (a model's pretrained_cfg['first_conv'])
     reduction: int = 2                  # IL and IH have 1/reduction of the image's side
     # IL's DC gain over the image average-pooled to IL's size (Haar: 2 per level); None when it has none

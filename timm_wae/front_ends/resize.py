@@ -18,6 +18,7 @@ class ResizeFrontEnd(FrontEnd):
     """IR baseline: the image resized to half resolution (antialiased bilinear), no detail image."""
 
     can_reconstruct = False
+    makes_ih = False
     low_gain = 1.0
     low_name = 'IL = resized'
 

@@ -1,7 +1,6 @@
-"""Registered timm models; importing this package registers them."""
-from . import wae2, wae_generic, wae_resnet, wae_vgg  # noqa: F401
-from ._factory import HUB_ORG
-from .wae_vgg import released_vgg
+"""The WAE model (``wae.py``), what its pretrained cfg says (``cfg.py``) and the registered models
+(``registry.py``); importing this package registers them with timm."""
+from .registry import FAMILIES
+from .wae import WAEOutput, WAEWrapper
 
-# the registered families, as timm.list_models patterns (the generic `wae` takes any backbone by name)
-FAMILIES = ('wae_*', 'wae2_*', 'wae4_*')
+__all__ = ['WAEWrapper', 'WAEOutput', 'FAMILIES']

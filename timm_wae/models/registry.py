@@ -1,0 +1,178 @@
+"""The registered WAE models in timm's layout: default cfgs from the tag table, one ``_create``, every entry.
+
+``wae_*`` are the paper's models (the learned WAE, IH into a quarter-width branch); ``wae_vgg*`` follow the
+authors' released layout (ceil-mode pooling, fc 1024-1024 head, fc 2048-2048 fusion head). ``wae2_*`` and
+``wae4_*`` are the project's speed-accuracy choice (MODEL_CARD.md): the learned front end that starts as the
+exact Haar DWT, at one level (the image to half its side) or two (a quarter), IH into the first conv
+(``ih_fusion='stem'``: no quarter-width network). ``wae`` takes any timm backbone by name; it is what a
+``WAEWrapper`` saves as, so that ``create_model('hf-hub:owner/name')`` rebuilds it from config.json.
+"""
+from typing import Any, Dict, Optional
+
+import timm
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+
+from .._compat import drop_legacy_args
+from ..pretrained import MODELS
+from ..surgery import ceil_mode_pooling, released_vgg
+from .cfg import has_fusion_head, layer_names, pool_size, tag_cfgs, wae_cfg
+from .wae import WAEWrapper
+
+__all__ = ['FAMILIES']
+
+# the registered families, as timm.list_models patterns (the generic `wae` takes any backbone by name)
+FAMILIES = ('wae_*', 'wae2_*', 'wae4_*')
+
+
+def _arch_args(variant: str) -> Dict[str, Any]:
+    """What a registered name implies: its backbone, its front end (the name's prefix) and where IH joins."""
+    front_end = variant.split('_')[0]
+    return dict(backbone=MODELS[variant], front_end=front_end, ih_fusion='branch' if front_end == 'wae' else 'stem')
+
+
+default_cfgs = generate_default_cfgs({
+    'wae': wae_cfg('resnet50'),  # the default backbone; no weights
+    **{tag: cfg for name in MODELS
+       for tag, cfg in tag_cfgs(name, MODELS[name], _arch_args(name)['front_end'],
+                                has_fusion_head(_arch_args(name)['front_end'], ih_fusion=_arch_args(name)['ih_fusion'])).items()},
+})
+
+
+def _wae_vgg(backbone: str, num_classes: int = 1000, head_hidden: int = 1024, fusion_hidden: Optional[int] = 2048,
+             drop_rate: float = 0.5, in_chans: int = 3, **kwargs: Any) -> WAEWrapper:
+    """A WAE VGG in the released layout: 4.38 GMAC for VGG-16 (15.47 plain), 3.13x on CPU in the paper."""
+    vgg = released_vgg(backbone, num_classes, head_hidden, drop_rate=drop_rate)
+    model = WAEWrapper(vgg, num_classes, in_chans=in_chans, fusion_hidden=fusion_hidden, drop_rate=drop_rate, **kwargs)
+    if model.ih_branch is not None:
+        ceil_mode_pooling(model.ih_branch)  # the IH pool5 map must match IL's 4x4
+    return model
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """Build a registered variant: timm.create_model records the explicit kwargs, the name implies the rest.
+
+    The one place a WAE model's ``pretrained_cfg`` is set: timm's builder with the registered cfg (for the
+    generic ``wae``, the layer names of the backbone given, which timm's loader reads before the model exists,
+    and an image size it runs at). Pretrained weights are checked key by key and shape by shape before loading
+    (``weights.check_pretrained``), and download failures say how to load a local file instead.
+    """
+    from ..hub import offline_overlay, tagged_name, translate_hub_errors
+    from ..weights import check_pretrained
+    drop_legacy_args(kwargs)
+    if variant == 'wae':
+        backbone = kwargs.setdefault('backbone', 'resnet50')
+        inner = get_pretrained_cfg(backbone)
+        inner = inner.to_dict() if inner else {}
+        front_end = kwargs.get('front_end', 'wae')
+        fusion_head = has_fusion_head(front_end, kwargs.get('use_ih', True), kwargs.get('ih_fusion', 'branch'))
+        names = dict(layer_names(inner, front_end, fusion_head), pool_size=pool_size(inner, (3, 224, 224), front_end))
+        kwargs['pretrained_cfg_overlay'] = dict(names, **(kwargs.get('pretrained_cfg_overlay') or {}))
+    else:
+        kwargs = dict(_arch_args(variant), **kwargs)
+    if pretrained:
+        kwargs = offline_overlay(variant, kwargs)
+    if kwargs.get('features_only'):  # the pyramid comes from forward_intermediates, both networks joined
+        kwargs.setdefault('feature_cls', 'getter')
+        if 'out_indices' not in kwargs and isinstance(kwargs.get('backbone'), str):  # every level of the backbone's
+            with torch.device('meta'):
+                kwargs['out_indices'] = tuple(range(len(timm.create_model(kwargs['backbone']).feature_info)))
+    model_fn = _wae_vgg if variant.startswith('wae_vgg') else WAEWrapper
+    with translate_hub_errors(tagged_name(variant, kwargs) if pretrained else variant):
+        model = build_model_with_cfg(model_fn, variant, pretrained, pretrained_strict=True,
+                                     pretrained_filter_fn=check_pretrained, **kwargs)
+    image = getattr(model, 'pretrained_cfg', {}).get('input_size', (3, 224, 224))
+    if variant == 'wae' and [-(-s // 2) for s in image[1:]] in getattr(model, 'failed_il_sizes', ()):
+        # HRNet, DLA at 224 px: a size it runs at
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(image[0], *[2 * s for s in model.branch_size]))
+    return model
+
+
+@register_model
+def wae(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE + any timm backbone: ``timm.create_model('wae', backbone='convnext_nano')``."""
+    return _create('wae', pretrained, **kwargs)
+
+
+@register_model
+def wae_vgg11(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE + VGG-11, released head layout."""
+    return _create('wae_vgg11', pretrained, **kwargs)
+
+
+@register_model
+def wae_vgg16(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE + VGG-16 as released by the authors: 4.38 GMAC vs 15.47, 3.13x on CPU in the paper."""
+    return _create('wae_vgg16', pretrained, **kwargs)
+
+
+@register_model
+def wae_vgg16_bn(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE + VGG-16 with BatchNorm, released head layout."""
+    return _create('wae_vgg16_bn', pretrained, **kwargs)
+
+
+@register_model
+def wae_resnet18(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE + ResNet-18: IL into resnet18, IH into a quarter-width resnet18."""
+    return _create('wae_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def wae_resnet34(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE + ResNet-34."""
+    return _create('wae_resnet34', pretrained, **kwargs)
+
+
+@register_model
+def wae_resnet50(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE + ResNet-50, the paper's second network (1.88x on CPU, top-5 error 8.86 -> 9.66)."""
+    return _create('wae_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def wae2_resnet18(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE2 + ResNet-18: Haar-started half-resolution encoder, IH into the first conv."""
+    return _create('wae2_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def wae2_resnet50(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE2 + ResNet-50."""
+    return _create('wae2_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def wae2_efficientnet_b0(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE2 + EfficientNet-B0: the cheap encoder keeps a mobile backbone faster than at full resolution."""
+    return _create('wae2_efficientnet_b0', pretrained, **kwargs)
+
+
+@register_model
+def wae2_mobilenetv3_large_100(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE2 + MobileNetV3-Large 1.0."""
+    return _create('wae2_mobilenetv3_large_100', pretrained, **kwargs)
+
+
+@register_model
+def wae4_resnet18(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE4 + ResNet-18: two Haar levels (a quarter of the side), the 45 detail channels into the first conv."""
+    return _create('wae4_resnet18', pretrained, **kwargs)
+
+
+@register_model
+def wae4_resnet50(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE4 + ResNet-50."""
+    return _create('wae4_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def wae4_efficientnet_b0(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE4 + EfficientNet-B0."""
+    return _create('wae4_efficientnet_b0', pretrained, **kwargs)
+
+
+@register_model
+def wae4_mobilenetv3_large_100(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
+    """WAE4 + MobileNetV3-Large 1.0."""
+    return _create('wae4_mobilenetv3_large_100', pretrained, **kwargs)
