@@ -27,7 +27,7 @@ import torch
 
 from timm_wae.bench import benchmark, format_table, results_as_dicts
 from timm_wae.evaluate import eval_folder, evaluate
-from timm_wae.export import OnnxRuntimeModel, calibration_batches, export_onnx, quantize_onnx
+from timm_wae.export import calibration_batches, onnx_runtime_model
 from timm_wae import load_model
 
 
@@ -49,10 +49,10 @@ def main() -> None:
     model = timm.utils.reparameterize_model(load_model(args.model, pretrained=args.pretrained).eval())
     size = tuple(timm.data.resolve_model_data_config(model)['input_size'])
     work = Path(tempfile.mkdtemp(prefix='timm_wae_int8_'))
-    fp32 = export_onnx(model, work / 'fp32.onnx', size)
-    int8 = quantize_onnx(fp32, work / 'int8.onnx', calibration_batches(model, Path(args.data) / 'train', args.calib, size))
-    forms = {'pytorch fp32': model, 'onnxruntime fp32': OnnxRuntimeModel(str(fp32), args.threads, like=model),
-             'onnxruntime int8': OnnxRuntimeModel(str(int8), args.threads, like=model)}
+    calibration = calibration_batches(model, Path(args.data) / 'train', args.calib, size)
+    forms = {'pytorch fp32': model,
+             'onnxruntime fp32': onnx_runtime_model(model, work / 'fp32.onnx', size, args.threads, like=model),
+             'onnxruntime int8': onnx_runtime_model(model, work / 'int8.onnx', size, args.threads, calibration, like=model)}
 
     accuracy = []
     if not args.time_only:

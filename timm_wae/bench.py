@@ -14,10 +14,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .evaluate import DTYPES
+
 __all__ = ['BenchResult', 'OtherProcesses', 'benchmark', 'count_macs', 'format_table', 'results_as_dicts',
            'trust_warnings', 'same_macs_size']
 
-DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 @dataclass

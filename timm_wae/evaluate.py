@@ -67,9 +67,24 @@ def eval_transform(data_config: Dict[str, Any]) -> Callable:
     return T.Compose(steps)
 
 
+# the precisions the commands and the recipes name; every one but fp32 runs under autocast
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
 def to_unit_range(x: Tensor) -> Tensor:
     """A float image in [0, 1] (uint8 tensors are scaled by 1/255)."""
     return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
+def normalize(x01: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(x - mean) / std per channel of images in [0, 1] ([C, H, W] or [B, C, H, W]), as a model's data config says."""
+    shape = (-1, 1, 1)
+    return (x01 - torch.tensor(mean, device=x01.device).view(shape)) / torch.tensor(std, device=x01.device).view(shape)
+
+
+def topk_hits(logits: Tensor, target: Tensor, k: int) -> Tensor:
+    """[B, k]: whether the target is the i-th best class; ``[:, :j].any(1)`` is "top-j correct"."""
+    return logits.topk(k, dim=1).indices == target[:, None]
 
 
 def gaussian_noise(shape: Sequence[int], seed: int, index: int) -> Tensor:
@@ -214,9 +229,8 @@ def evaluate(
     if not levels:
         raise ValueError('no noise levels given')
     dev = torch.device(device)
-    amp = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-    if dtype not in amp:
-        raise ValueError(f'unknown dtype {dtype!r}; expected one of {sorted(amp)}')
+    if dtype not in DTYPES:
+        raise ValueError(f'unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}')
 
     data_config = dict(timm.data.resolve_model_data_config(model))
     if img_size:
@@ -229,8 +243,6 @@ def evaluate(
 
     num_classes = getattr(model, 'num_classes', None) or 0
     k = max(1, min(5, num_classes)) if num_classes else 5
-    mean = torch.tensor(data_config['mean'], device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(data_config['std'], device=dev).view(1, -1, 1, 1)
     loader = DataLoader(_Indexed(dataset, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=dev.type == 'cuda', persistent_workers=False)
     correct1 = [0] * len(levels)
@@ -244,8 +256,7 @@ def evaluate(
         bar = tqdm(total=len(dataset), unit='img', desc=f'eval {model_name or ""}'.strip(), file=sys.stderr,
                    leave=False)
     try:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=amp[dtype] or torch.float32,
-                                                    enabled=amp[dtype] is not None):
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=DTYPES[dtype], enabled=dtype != 'fp32'):
             for images, targets, index in loader:
                 images = to_unit_range(images.to(dev, non_blocking=True))
                 if mapping is not None:
@@ -258,9 +269,7 @@ def evaluate(
                     x = images if var == 0 else images + math.sqrt(var) * z
                     if clamp and var > 0:
                         x = x.clamp(0, 1)
-                    logits = model((x - mean) / std)
-                    top = logits.float().topk(k, dim=1).indices
-                    hit = top == targets[:, None]
+                    hit = topk_hits(model(normalize(x, data_config['mean'], data_config['std'])).float(), targets, k)
                     correct1[j] += int(hit[:, 0].sum())
                     correctk[j] += int(hit.any(dim=1).sum())
                 count += len(targets)

@@ -13,7 +13,8 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
-__all__ = ['export_program', 'export_onnx', 'calibration_batches', 'quantize_onnx', 'OnnxRuntimeModel']
+__all__ = ['export_program', 'export_onnx', 'calibration_batches', 'quantize_onnx', 'OnnxRuntimeModel',
+           'onnx_runtime_model']
 
 
 def _example(model: nn.Module, input_size: Optional[Sequence[int]], batch: int) -> torch.Tensor:
@@ -56,7 +57,7 @@ def calibration_batches(model: nn.Module, data: Union[str, Path, Any], n: int, i
     eval transform at ``input_size`` (default: its data config's) and normalised as it sees them."""
     import timm.data
 
-    from .evaluate import eval_folder, eval_transform, to_unit_range
+    from .evaluate import eval_folder, eval_transform, normalize, to_unit_range
     if n < 1:
         raise ValueError(f'calibration needs at least one image (got n={n})')
     dc = timm.data.resolve_model_data_config(model)
@@ -64,11 +65,10 @@ def calibration_batches(model: nn.Module, data: Union[str, Path, Any], n: int, i
         dc['input_size'] = tuple(input_size)
     folder = eval_folder(data) if isinstance(data, (str, Path)) else data
     transform = eval_transform(dc)
-    mean, std = torch.tensor(dc['mean']).view(1, -1, 1, 1), torch.tensor(dc['std']).view(1, -1, 1, 1)
     picks = random.Random(seed).sample(range(len(folder)), min(n, len(folder)))
     for i in range(0, len(picks), batch):
         x = torch.stack([transform(folder[j][0]) for j in picks[i:i + batch]])
-        yield (to_unit_range(x) - mean) / std
+        yield normalize(to_unit_range(x), dc['mean'], dc['std'])
 
 
 def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], calibration: Iterable[torch.Tensor]) -> Path:
@@ -122,3 +122,15 @@ class OnnxRuntimeModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.input_name: x.contiguous().numpy()})[0])
+
+
+def onnx_runtime_model(model: nn.Module, path: Union[str, Path], input_size: Sequence[int], threads: int,
+                       calibration: Optional[Iterable[torch.Tensor]] = None,
+                       like: Optional[nn.Module] = None) -> OnnxRuntimeModel:
+    """A deployed form: ``model`` exported to ``path`` and run by ONNX Runtime; with ``calibration`` (normalised
+    image batches: ``calibration_batches``) quantized to static INT8 first (give it the inference form,
+    ``timm.utils.reparameterize_model``)."""
+    onnx_file = export_onnx(model, path, input_size)
+    if calibration is not None:
+        onnx_file = quantize_onnx(onnx_file, onnx_file.with_suffix('.int8.onnx'), calibration)
+    return OnnxRuntimeModel(str(onnx_file), threads, like=like)

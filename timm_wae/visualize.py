@@ -83,7 +83,7 @@ def decompose_image(model: nn.Module, x01: Tensor, mean: Sequence[float], std: S
     x01 = to_unit_range(x01.to(device))
     mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(-1, 1, 1)
     std_t = torch.tensor(std, device=device, dtype=torch.float32).view(-1, 1, 1)
-    x = ((x01 - mean_t) / std_t)[None]
+    x = ((x01 - mean_t) / std_t)[None]  # and back: the reconstruction is shown in [0, 1]
     low, high = model.decompose(x)
     out: Dict[str, Any] = {
         'input': x01.cpu(), 'low': stretch(low[0].cpu()), 'high': None, 'recon': None,

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
         examples=['timm-wae bench wae_resnet50 --batch-sizes 1,8 --dtypes fp32,bf16 --channels-last both --json bench.json'])
     p.add_argument('models', nargs='+', metavar='MODEL')
     p.add_argument('--batch-sizes', type=common.int_list, default=[1, 8], metavar='B,..', help='default: 1,8')
-    p.add_argument('--dtypes', type=common.str_list(('fp32', 'bf16', 'fp16')), default=['fp32'], metavar='D,..',
+    p.add_argument('--dtypes', type=common.str_list(common.DTYPES), default=['fp32'], metavar='D,..',
                    help='fp32, bf16, fp16 (autocast); default: fp32')
     p.add_argument('--channels-last', choices=('off', 'on', 'both'), default='off',
                    help='memory format of model and input (default: off)')
@@ -59,7 +59,7 @@ def _deployed_forms(args: argparse.Namespace, models: Dict[str, Any], baselines:
     import torch
 
     from timm_wae.bench import count_macs, same_macs_size
-    from timm_wae.export import OnnxRuntimeModel
+    from timm_wae.export import calibration_batches, onnx_runtime_model
     sizes = dict(input_size) if isinstance(input_size, dict) else {n: tuple(input_size) for n in models}
     same_macs: Dict[str, str] = {}
     if args.same_macs:
@@ -85,13 +85,11 @@ def _deployed_forms(args: argparse.Namespace, models: Dict[str, Any], baselines:
             elif path == 'compile':
                 models[variant] = torch.compile(models[name].eval())
             else:  # onnx: the model as it is; int8: its inference form, quantized
-                from timm_wae.export import calibration_batches, export_onnx, quantize_onnx
                 model = models[name].eval() if path == 'onnx' else timm.utils.reparameterize_model(models[name].eval())
-                onnx_file = export_onnx(model, Path(tmp.name) / f'{len(measure_as)}.onnx', sizes[name])
-                if path == 'int8':
-                    onnx_file = quantize_onnx(onnx_file, onnx_file.with_suffix('.int8.onnx'), calibration_batches(
-                        model, args.calib_data, args.calib_images, sizes[name]))
-                models[variant] = OnnxRuntimeModel(str(onnx_file), torch.get_num_threads())
+                calibration = calibration_batches(model, args.calib_data, args.calib_images, sizes[name]) \
+                    if path == 'int8' else None
+                models[variant] = onnx_runtime_model(model, Path(tmp.name) / f'{len(measure_as)}.onnx', sizes[name],
+                                                     torch.get_num_threads(), calibration)
             sizes[variant], measure_as[variant] = sizes[name], name
             baselines[variant] = f'{baselines[name]} [{path}]' if baselines.get(name) else None
             if name in same_macs:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 PROG = 'timm-wae'
+DTYPES = ('fp32', 'bf16', 'fp16')  # timm_wae.evaluate.DTYPES's names, here without importing torch
 
 
 class CLIError(Exception):

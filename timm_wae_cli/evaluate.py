@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
     p.add_argument('--img-size', type=common.positive_int, help="override the data config's input size")
     p.add_argument('--num-classes', type=common.positive_int, help='create MODEL with this many classes')
     p.add_argument('--device', default='auto', help='cpu, cuda[:N] or auto (default)')
-    p.add_argument('--dtype', choices=('fp32', 'bf16', 'fp16'), default='fp32')
+    p.add_argument('--dtype', choices=common.DTYPES, default='fp32')
     p.add_argument('--threads', type=common.positive_int, help='torch.set_num_threads(N)')
     common.model_options(p)
     p.add_argument('--json', metavar='FILE', help="write the rows as JSON ('-' for stdout)")
