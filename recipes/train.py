@@ -38,6 +38,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchvision.datasets.folder import find_classes
 from tqdm.auto import tqdm
 
 from timm_wae import TransformLoss, WAEWrapper
@@ -114,6 +115,8 @@ class StageConfig:
     gamma: float = 0.0                  # stage 3: weight of Lt in Lc + γ·Lt
     energy_weight: float = 0.25         # stages 1, 3: λ in Lt = lr + λ·le, per-element means (the paper's λ = 1 on sums)
     train_front_end: bool = False       # stage 2: also train the WAE encoder, on Lc only
+    hold_backbone_epochs: float = 0.0   # a conversion's warm-up: for this many epochs only its new parts train
+                                        # (front end, IH's layers, fusion head); the trained network is held
 
 
 @dataclass
@@ -264,6 +267,11 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
         if s in (1, 3) and not learns_wae:
             raise ValueError(f'stage {s} trains the WAE with the transform loss; model.type={cfg.model.type!r} '
                              f'front_end={cfg.model.front_end!r} has no WAE: use stages: [2]')
+        if cfg.stage(s).hold_backbone_epochs and cfg.model.type != 'wae':
+            raise ValueError(f'stage{s}.hold_backbone_epochs holds a WAE model\'s backbone while its new parts train; '
+                             f'model.type={cfg.model.type!r} has none')
+        if cfg.stage(s).hold_backbone_epochs and cfg.find_unused_parameters is False:
+            cfg = replace(cfg, find_unused_parameters=True)  # DDP: the held parameters get no gradient at first
     return cfg
 
 
@@ -324,8 +332,11 @@ def data_root(cfg: Config) -> Path:
     return resolve(cfg.data.root)
 
 
-def build_datasets(cfg: DataConfig, root: Path, dc: Dict[str, Any], accelerator: Accelerator):
-    """(train dataset keyed by (index, seed), val dataset, class names)."""
+def build_datasets(cfg: DataConfig, root: Path, dc: Dict[str, Any], accelerator: Accelerator,
+                   train_size: Optional[int] = None):
+    """(train dataset keyed by (index, seed), val dataset, class names). ``train_size``: the training crops'
+    size when it is not the model's (a teacher's larger size; the student's step resizes them down)."""
+    train_size = train_size or cfg.img_size
 
     val_max = cfg.val_max_per_class if cfg.val_max_per_class is not None else cfg.max_per_class
     aug = dict(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
@@ -335,16 +346,17 @@ def build_datasets(cfg: DataConfig, root: Path, dc: Dict[str, Any], accelerator:
         cache = dict(size=size, cache_dir=resolve(cfg.cache_dir), interpolation=dc['interpolation'],
                      workers=cfg.workers)
         with accelerator.main_process_first():  # the main process decodes, the others then read
-            train = cached_image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class, **cache)
+            train = cached_image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class, **dict(
+                cache, size=cfg.cache_size or math.floor(train_size / dc['crop_pct'])))
             val = cached_image_folder(root / cfg.val_split, max_per_class=val_max, **cache,
                                       transform=tensor_transform(cfg.img_size, False, crop_pct=dc['crop_pct'], **{
                                           k: aug[k] for k in ('interpolation', 'mean', 'std')}))
-        train_tf = tensor_transform(cfg.img_size, True, **aug)
+        train_tf = tensor_transform(train_size, True, **aug)
     else:
         train = image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class)
         val = image_folder(root / cfg.val_split, max_per_class=val_max,
                            transform=timm.data.create_transform(**dc, is_training=False))
-        train_tf = timm.data.create_transform(dc['input_size'], is_training=True, **aug)
+        train_tf = timm.data.create_transform((3, train_size, train_size), is_training=True, **aug)
     if dataset_classes(train) != dataset_classes(val):
         raise ValueError(f'train and val splits of {root} have different classes')
     return SeededTransform(train, train_tf), val, dataset_classes(train)
@@ -416,9 +428,13 @@ class Objective(nn.Module):
 
     def __init__(self, model: nn.Module, stage: int, sc: StageConfig, transform_loss: TransformLoss,
                  frozen_wae: bool = False, teacher: Optional[Teacher] = None, distill: Optional[DistillConfig] = None,
-                 fixed_low_norm: bool = False):
+                 fixed_low_norm: bool = False, input_size: Optional[Tuple[int, int]] = None,
+                 interpolation: str = 'bilinear'):
         super().__init__()
         self.model, self.stage, self.gamma, self.frozen_wae = model, stage, sc.gamma, frozen_wae
+        # the model's image size: crops made at a larger teacher's size are resized down for the student,
+        # so every student of a comparison learns from the teacher's view of the full image
+        self.input_size, self.interpolation = input_size, 'bicubic' if interpolation == 'bicubic' else 'bilinear'
         self.fixed_low_norm = fixed_low_norm
         self.transform_loss = transform_loss
         # distillation: classification stages only. Held outside the module tree (a tuple): checkpoints
@@ -442,8 +458,10 @@ class Objective(nn.Module):
             self.model.front_end.norm_low.eval()  # its starting statistics: IL stays the pooled image's scale
         return self
 
-    def forward(self, x: Tensor, y: Tensor) -> Dict[str, Tensor]:
-        m = self.model
+    def forward(self, x_full: Tensor, y: Tensor) -> Dict[str, Tensor]:
+        m, x = self.model, x_full
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode=self.interpolation, antialias=True, align_corners=False)
         if self.stage == 1:  # the WAE alone, decoder included
             low, high = m.front_end(x)
             t = self.transform_loss(x, m.front_end.reconstruct(low, high, x.shape[-2:]), high)
@@ -451,14 +469,14 @@ class Objective(nn.Module):
         if not isinstance(m, WAEWrapper):  # plain timm model
             logits = m(x)
             lc = F.cross_entropy(logits, y)
-            return self._distill({'loss': lc, 'lc': lc, 'logits': logits}, x)
+            return self._distill({'loss': lc, 'lc': lc, 'logits': logits}, x_full)
         out = m.forward_train(x, reconstruct=self.stage == 3)
         lc = m.classification_loss(out, y)
         if self.stage == 2:
-            return self._distill({'loss': lc, 'lc': lc, 'logits': out.logits}, x)
+            return self._distill({'loss': lc, 'lc': lc, 'logits': out.logits}, x_full)
         t = self.transform_loss(x, out.recon, out.high)
         return self._distill({'loss': lc + self.gamma * t.loss, 'lc': lc, 'lt': t.loss, 'lt_recon': t.recon,
-                              'lt_energy': t.energy, 'logits': out.logits}, x)
+                              'lt_energy': t.energy, 'logits': out.logits}, x_full)
 
 
 def topk_correct(logits: Tensor, target: Tensor, k: int) -> Tensor:
@@ -649,7 +667,8 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
     frozen_wae = set_trainable(model, stage, sc)
     transform_loss = TransformLoss(sc.energy_weight)  # Lt of stages 1 and 3, in training and in val
     objective = Objective(model, stage, sc, transform_loss, frozen_wae, teacher, cfg.distill,
-                          cfg.model.fixed_low_norm and isinstance(model, WAEWrapper))
+                          cfg.model.fixed_low_norm and isinstance(model, WAEWrapper),
+                          (cfg.data.img_size, cfg.data.img_size), dc['interpolation'])
 
     loader = train_loader(train_set, sc.batch_size, cfg, accelerator)
     steps_per_epoch = min(loader.batch_sampler.batches_per_epoch, sc.max_steps_per_epoch or math.inf)
@@ -661,6 +680,10 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
         step_on_epochs=sc.step_on_epochs, updates_per_epoch=steps_per_epoch)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
+    # a conversion's warm-up: the trained network's parameters get no gradient for the first steps (its
+    # BatchNorm statistics still follow IL), then everything trains
+    held = [p for p in model.network_parameters() if p.requires_grad] if sc.hold_backbone_epochs else []
+    hold_steps = round(sc.hold_backbone_epochs * steps_per_epoch)
 
     progress = None
     if cfg.resume:
@@ -707,6 +730,9 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
                 x = x.contiguous(memory_format=torch.channels_last)
             data_time += time.perf_counter() - tick
             scheduler.step_update(progress.step)
+            if held and held[0].requires_grad == (progress.step < hold_steps):
+                for p in held:
+                    p.requires_grad_(progress.step >= hold_steps)
             out = objective(x, y)
             if cfg.debug.nan_at_step == progress.step:
                 out['loss'] = out['loss'] * float('nan')
@@ -826,7 +852,22 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
     del probe
     with accelerator.main_process_first():  # the main process makes the synthetic set, if any
         root = data_root(cfg)
-    train_set, val_set, classes = build_datasets(cfg.data, root, dc, accelerator)
+    teacher = None
+    if cfg.distill.teacher is not None and cfg.mode == 'train':  # load and check it before any training
+        num_classes = len(find_classes(root / cfg.data.train_split)[0])
+        if cfg.distill.teacher.endswith('.safetensors'):
+            # a weights file of the backbone's architecture (a converted network's own file), seeing the full image
+            network = load_network(cfg.distill.teacher, cfg.model.backbone, num_classes, 'distill.teacher')
+            teacher = Teacher(network, (cfg.data.img_size, cfg.data.img_size)).to(accelerator.device)
+        else:
+            local = resolve(cfg.distill.teacher)
+            spec = str(local) if local.exists() else cfg.distill.teacher  # a folder, else a model name
+            teacher = load_teacher(spec, num_classes).to(accelerator.device)
+        accelerator.print(f'distillation: teacher {cfg.distill.teacher} at {teacher.input_size} px, '
+                          f'weight {cfg.distill.weight}, temperature {cfg.distill.temperature}')
+    # a lower-resolution student trains on crops at its teacher's size, resized down in the step
+    train_size = max(cfg.data.img_size, *teacher.input_size) if teacher is not None else None
+    train_set, val_set, classes = build_datasets(cfg.data, root, dc, accelerator, train_size)
     if cfg.model.num_classes not in (None, len(classes)):
         raise ValueError(f'model.num_classes={cfg.model.num_classes} but {root} has {len(classes)} classes')
     accelerator.print(f'data: {len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, '
@@ -859,18 +900,6 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
         accelerator.wait_for_everyone()
         return 0
 
-    teacher = None
-    if cfg.distill.teacher is not None and cfg.distill.teacher.endswith('.safetensors'):
-        # a weights file of the backbone's architecture (a converted network's own file), seeing the full image
-        network = load_network(cfg.distill.teacher, cfg.model.backbone, len(classes), 'distill.teacher')
-        teacher = Teacher(network, (cfg.data.img_size, cfg.data.img_size)).to(accelerator.device)
-    elif cfg.distill.teacher is not None:  # load and check it before any training
-        local = resolve(cfg.distill.teacher)
-        spec = str(local) if local.exists() else cfg.distill.teacher  # a folder, else a model name
-        teacher = load_teacher(spec, len(classes)).to(accelerator.device)
-    if teacher is not None:
-        accelerator.print(f'distillation: teacher {cfg.distill.teacher} at {teacher.input_size} px, '
-                          f'weight {cfg.distill.weight}, temperature {cfg.distill.temperature}')
     if cfg.model.backbone_from is not None:  # the network to convert fits the data, before any stage starts
         load_network(cfg.model.backbone_from, cfg.model.backbone, len(classes), 'model.backbone_from')
     init = resolve(cfg.init_from)

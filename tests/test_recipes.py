@@ -468,6 +468,20 @@ def test_converting_a_trained_network_with_distillation(data_root, tmp_path, mon
         with torch.no_grad():
             ref = network(torch.nn.functional.avg_pool2d(x, 2))
             assert ((start(x) - ref).norm() / ref.norm()).item() <= 1e-4, spec
+    # the warm-up: while the backbone is held only the new parts learn (the front end, conv1 that reads IH);
+    # the network's other parameters stay the trained ones (its BatchNorm statistics may follow IL)
+    out = tmp_path / 'held'
+    assert train.main([str(CONFIGS / 'convert.yaml'), f'data.root={data_root}', f'output_dir={out}', *tiny,
+                       f'model.backbone_from={teacher}', f'distill.teacher={teacher}',
+                       'stage2.hold_backbone_epochs=1']) == 0
+    net, held = weights(teacher), weights(out / 'stage2' / 'model')
+    params = {n for n, _ in create_model(str(teacher)).named_parameters()}
+    kept = [n for n in params if not n.startswith(f'{first}.')]
+    assert kept and all(torch.equal(held[f'backbone.{n}'], net[n]) for n in kept)
+    assert not torch.equal(held[f'backbone.{first}.weight'][:, 3:], torch.zeros_like(held[f'backbone.{first}.weight'][:, 3:]))
+    assert any(not torch.equal(held[k], start.state_dict()[k]) for k in held if k.startswith('front_end.encoder'))
+    with pytest.raises(ValueError, match='hold_backbone_epochs holds a WAE model'):
+        train.load_config(CONFIGS / 'full_resolution.yaml', ['stage2.hold_backbone_epochs=1'])
     with pytest.raises(ValueError, match='is a weights file: name its architecture'):
         train.main([str(CONFIGS / 'convert.yaml'), f'data.root={data_root}', f'output_dir={tmp_path / "nofile"}',
                     *tiny, f'model.backbone_from={teacher / "model.safetensors"}'])
@@ -479,6 +493,40 @@ def test_converting_a_trained_network_with_distillation(data_root, tmp_path, mon
         with pytest.raises(ValueError, match=message):
             train.main([str(CONFIGS / 'wae2_stem.yaml'), f'data.root={data_root}', f'output_dir={out}', *TINY, *bad])
         assert not (out / 'stage2').exists()  # refused before training
+
+
+def test_a_lower_resolution_student_learns_from_the_teacher_s_view_of_the_full_crop(data_root, tmp_path,
+                                                                                      monkeypatch):
+    """Fair distillation: a student at a lower resolution than its teacher trains on crops made at the
+    teacher's size; the step resizes them down for the student, and the teacher sees them as they are."""
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, name, net):
+            super().__init__()
+            self.name, self.net = name, net
+
+        def forward(self, x):
+            seen[self.name] = tuple(x.shape[-2:])
+            return self.net(x)
+
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 4))
+    cfg = train.load_config(CONFIGS / 'full_resolution.yaml', [])
+    teacher = train.Teacher(Recorder('teacher', net), (32, 32))
+    objective = train.Objective(Recorder('student', net), 2, cfg.stage2, train.TransformLoss(0.25), teacher=teacher,
+                                distill=cfg.distill, input_size=(16, 16))
+    out = objective(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    assert seen == {'student': (16, 16), 'teacher': (32, 32)} and out['kd'] >= 0
+
+    monkeypatch.setenv('TIMM_WAE_CACHE', str(tmp_path / 'cache'))
+    trained = tmp_path / 'full'
+    assert train.main([str(CONFIGS / 'full_resolution.yaml'), f'data.root={data_root}', f'output_dir={trained}',
+                       *TINY]) == 0
+    low = tmp_path / 'low'
+    assert train.main([str(CONFIGS / 'full_resolution.yaml'), f'data.root={data_root}', f'output_dir={low}', *TINY,
+                       'data.img_size=16', f'init_from={trained / "stage2" / "model"}',
+                       f'distill.teacher={trained / "stage2" / "model"}']) == 0
+    assert json.loads((low / 'stage2' / 'model' / 'config.json').read_text())['pretrained_cfg']['input_size'] == [3, 16, 16]
 
 
 def test_smoke_config_runs_from_a_fresh_clone_on_data_it_makes(tmp_path, monkeypatch):

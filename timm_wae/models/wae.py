@@ -101,8 +101,8 @@ class WAEWrapper(nn.Module):
         backbone, il_size, layout, readers, self.failed_il_sizes = fit_backbone(
             backbone, backbone_kwargs, num_classes, low_chans, self.front_end.reduction, pretrained_backbone)
         use_stem = use_ih and use_stem
-        if use_stem:
-            widen_input(backbone, high_chans, readers, model_name(backbone))
+        # the backbone's layers that read IH (widened for it): a conversion's new parts, with the front end
+        self.ih_readers = widen_input(backbone, high_chans, readers, model_name(backbone)) if use_stem else ()
         self.ih_fusion = ih_fusion
         self.backbone = backbone
         self.num_classes = backbone.num_classes
@@ -225,6 +225,13 @@ class WAEWrapper(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
         if self.ih_branch is not None:
             self.ih_branch.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def network_parameters(self) -> List[nn.Parameter]:
+        """The backbone's parameters but those of the layers that read IH: what a converted model kept of
+        the trained network (a conversion's warm-up holds them while the new parts learn)."""
+        readers = {f'{name}.' for name in self.ih_readers}
+        return [p for n, p in self.backbone.named_parameters() if not any(n.startswith(r) for r in readers)]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -384,7 +391,6 @@ class WAEWrapper(nn.Module):
         recon = self.front_end.reconstruct(low, high, x.shape[-2:]) if reconstruct else None
         return WAEOutput(logits, s_low, s_fused, low, high, recon)
 
-    # ------------------------------------------------------------------ losses
     def classification_loss(
             self, out: WAEOutput, target: Tensor,
             criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,

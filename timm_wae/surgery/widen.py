@@ -1,5 +1,5 @@
 """IH into the stem: the layers that read the backbone's input get more input channels, with zero weights."""
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 from torch import nn
@@ -9,11 +9,12 @@ from .probe import ShrinkError
 __all__ = ['widen_input']
 
 
-def widen_input(backbone: nn.Module, extra_chans: int, readers: Sequence[str], model_name: str) -> None:
+def widen_input(backbone: nn.Module, extra_chans: int, readers: Sequence[str], model_name: str) -> Tuple[str, ...]:
     """Give every layer that reads the backbone's input ``extra_chans`` more input channels with zero weights,
     in place: the convs that pretrained_cfg['first_conv'] names and any other conv that reads the same input
     (every branch of a reparameterisable stem, MobileOneBlock or RepVggBlock). The layers keep their class
-    (a weight-standardised or 'same'-padded conv stays one). A trained backbone keeps its function on IL."""
+    (a weight-standardised or 'same'-padded conv stays one). A trained backbone keeps its function on IL.
+    Returns the names of the widened convs."""
     first = getattr(backbone, 'pretrained_cfg', {}).get('first_conv')
     named = (first,) if isinstance(first, str) else tuple(first or ())
     names = list(dict.fromkeys([n[:-len('.weight')] if n.endswith('.weight') else n for n in named] + list(readers)))
@@ -45,4 +46,4 @@ def widen_input(backbone: nn.Module, extra_chans: int, readers: Sequence[str], m
             for attr in ('in_chs', 'in_channels', 'in_chans'):
                 if vars(block).get(attr) == old:
                     setattr(block, attr, old + extra_chans)
-
+    return tuple(names)
