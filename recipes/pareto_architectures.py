@@ -18,9 +18,11 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import train  # noqa: E402  (the recipe's config and model building)
 from report_pareto import row_of  # noqa: E402
 
+from timm_wae.training.config import load_config  # noqa: E402
+from timm_wae.training.data import model_data_config  # noqa: E402
+from timm_wae.training.stages import build_model  # noqa: E402
 from timm_wae.weights import save_pretrained  # noqa: E402
 
 NUM_CLASSES = 10  # Imagenette
@@ -47,9 +49,9 @@ def main(argv=None) -> int:
         folder = args.out / row
         if (folder / 'config.json').is_file():
             continue
-        cfg = train.load_config(HERE / 'configs' / f'{config}.yaml', overrides)
-        model = train.build_model(cfg.model, NUM_CLASSES)
-        dc = train.model_data_config(model, cfg.data)
+        cfg = load_config(HERE / 'configs' / f'{config}.yaml', overrides)
+        model = build_model(cfg.model, NUM_CLASSES)
+        dc = model_data_config(model, cfg.data)
         data_config = {k: dc[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')}
         save_pretrained(model, folder, data_config=data_config, pretrained_cfg=dict(data_config, num_classes=NUM_CLASSES))
         values = json.loads(json.dumps(asdict(cfg)))

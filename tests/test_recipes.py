@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
+from typing import get_type_hints
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def load_train_module():
     return module
 
 
-train = load_train_module()  # also puts recipes/ on sys.path: its train_data module imports as `train_data`
+train = load_train_module()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -104,7 +105,7 @@ def test_every_config_loads_and_every_field_is_documented():
 
     def names(cls, prefix=''):
         for f in fields(cls):
-            tp = train.get_type_hints(cls)[f.name]
+            tp = get_type_hints(cls)[f.name]
             if is_dataclass(tp):
                 yield from names(tp, f'{prefix}{f.name}.')
             else:
@@ -168,7 +169,7 @@ def test_experiment_configs_state_their_differences_from_a_base(tmp_path):
 
 # ----------------------------------------------------------------------------- data
 def test_decoded_cache_is_built_once_atomically_and_keyed_by_content(data_root, tmp_path):
-    from train_data import cached_image_folder, image_folder
+    from timm_wae.training.data import cached_image_folder, image_folder
     cache = tmp_path / 'cache'
     a = cached_image_folder(data_root / 'train', 24, cache, max_per_class=4)
     files = sorted(cache.iterdir())
@@ -196,7 +197,7 @@ def test_decoded_cache_is_built_once_atomically_and_keyed_by_content(data_root, 
 
 
 def test_seeded_batches_do_not_depend_on_process_count_and_resume_mid_epoch(data_root, tmp_path):
-    from train_data import SeededBatchSampler, SeededTransform, cached_image_folder, tensor_transform
+    from timm_wae.training.data import SeededBatchSampler, SeededTransform, cached_image_folder, tensor_transform
     one = SeededBatchSampler(18, 6, seed=3)
     two = [SeededBatchSampler(18, 6, seed=3, rank=r, world_size=2) for r in range(2)]
     for epoch in (0, 1):

@@ -26,11 +26,14 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
     return p
 
 
+OWN_RECIPES = Path(__file__).resolve().parent.parent / 'recipes'  # a source checkout's, beside the package
+
+
 def recipes_dir() -> Optional[Path]:
     """The recipes/ folder with train.py: $TIMM_WAE_RECIPES when set, else the one next to the package
     (a source checkout); None when there is none."""
     env = os.environ.get('TIMM_WAE_RECIPES')
-    folder = Path(env) if env else Path(__file__).resolve().parent.parent / 'recipes'
+    folder = Path(env) if env else OWN_RECIPES
     return folder if (folder / 'train.py').is_file() else None
 
 
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     recipes = recipes_dir()
     if recipes is None:
         print(TRAIN_HOWTO, file=sys.stderr)
-        where = os.environ.get('TIMM_WAE_RECIPES') or Path(__file__).resolve().parent.parent / 'recipes'
+        where = os.environ.get('TIMM_WAE_RECIPES') or OWN_RECIPES
         raise common.CLIError(f'recipes/train.py not found (looked in {str(where)!r}; see above)')
     config = Path(args.config)
     if not config.is_file():
@@ -64,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
         raise common.CLIError(f'expected key=value overrides after CONFIG, got {bad}')
     if importlib.util.find_spec('accelerate') is None:
         raise common.CLIError('accelerate is not installed: pip install "timm_wae[train]" (accelerate launches recipes/train.py)')
-    spec = importlib.util.spec_from_file_location('timm_wae_recipe', recipes / 'train.py')
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    try:  # the config and every path it names, before the launch (accelerate would print a traceback)
-        if hasattr(recipe, 'check_paths'):
-            recipe.check_paths(recipe.load_config(config, [o for o in args.overrides if not o.startswith('-')]))
-    except (ValueError, FileNotFoundError) as e:
-        raise common.CLIError(f'{config.name}: {e}') from None
+    # the config and every path it names, before the launch (accelerate would print a traceback); the script
+    # of another recipes folder ($TIMM_WAE_RECIPES) checks its own config
+    if recipes.resolve() == OWN_RECIPES:
+        from timm_wae.training.config import check_paths, load_config
+        try:
+            check_paths(load_config(config, [o for o in args.overrides if not o.startswith('-')]))
+        except (ValueError, FileNotFoundError) as e:
+            raise common.CLIError(f'{config.name}: {e}') from None
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', *shlex.split(args.launcher_args or ''),
            str(recipes / 'train.py'), str(config), *args.overrides]
     print('accelerate launch ' + ' '.join(shlex.quote(c) for c in cmd[3:]), file=sys.stderr)

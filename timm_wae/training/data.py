@@ -1,4 +1,4 @@
-"""The training recipe's data: ImageFolder splits, fast on few CPU cores.
+"""The training recipe's data: ImageFolder splits, fast on few CPU cores, and the run's datasets and loader.
 
 A decoded-image cache (``cached_image_folder``: every
 image decoded once into one uint8 array on disk, memory-mapped), augmentations that run on uint8
@@ -14,17 +14,27 @@ import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import timm.data
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 
-from timm_wae.evaluate import check_image_folder, per_class_subset
+from ..evaluate import check_image_folder, per_class_subset
+from . import resolve
+from .config import check_paths
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from .config import Config, DataConfig
 
 __all__ = ['image_folder', 'default_cache_dir', 'DecodedImageFolder', 'cached_image_folder', 'tensor_transform',
-           'seeded_rng', 'SeededBatchSampler', 'SeededTransform', 'loader_throughput', 'dataset_classes']
+           'seeded_rng', 'SeededBatchSampler', 'SeededTransform', 'loader_throughput', 'dataset_classes',
+           'model_data_config', 'synthetic_image_folder', 'data_root', 'build_datasets', 'train_loader']
 
 
 def image_folder(
@@ -273,3 +283,78 @@ def loader_throughput(loader: DataLoader, max_batches: Optional[int] = None) -> 
             break
     seconds = time.perf_counter() - start
     return {'images': n, 'batches': batches, 'seconds': seconds, 'img_per_s': n / seconds if seconds else 0.}
+
+
+def model_data_config(model: nn.Module, cfg: 'DataConfig') -> Dict[str, Any]:
+    """timm's data config of the model at our image size (mean, std, interpolation, crop_pct)."""
+    dc = timm.data.resolve_model_data_config(model)
+    dc['input_size'] = (3, cfg.img_size, cfg.img_size)
+    if cfg.crop_pct is not None:
+        dc['crop_pct'] = cfg.crop_pct
+    if cfg.interpolation is not None:
+        dc['interpolation'] = cfg.interpolation
+    return dc
+
+
+def synthetic_image_folder(root: Path, per_class: int = 8, size: int = 40) -> Path:
+    """A tiny ImageFolder (3 classes of noisy single-colour JPEGs, both splits), made once: the smoke
+    config runs from a fresh clone without any data set."""
+    from PIL import Image
+    if (root / 'done').is_file():
+        return root
+    rng = np.random.default_rng(0)
+    for split, n in (('train', per_class), ('val', max(per_class // 2, 1))):
+        for c, colour in enumerate([(220, 40, 40), (40, 200, 40), (40, 40, 220)]):
+            folder = root / split / f'class{c}'
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f'{i}.jpg', quality=90)
+    (root / 'done').write_text('')
+    return root
+
+
+def data_root(cfg: 'Config') -> Path:
+    """The checked data root; None in the config makes the synthetic set under output_dir."""
+    check_paths(cfg)
+    if cfg.data.root is None:
+        return synthetic_image_folder(resolve(cfg.output_dir) / 'synthetic_data')
+    return resolve(cfg.data.root)
+
+
+def build_datasets(cfg: 'DataConfig', root: Path, dc: Dict[str, Any], accelerator: 'Accelerator',
+                   train_size: Optional[int] = None):
+    """(train dataset keyed by (index, seed), val dataset, class names). ``train_size``: the training crops'
+    size when it is not the model's (a teacher's larger size; the student's step resizes them down)."""
+    train_size = train_size or cfg.img_size
+
+    val_max = cfg.val_max_per_class if cfg.val_max_per_class is not None else cfg.max_per_class
+    aug = dict(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+               interpolation=dc['interpolation'], mean=dc['mean'], std=dc['std'])
+    if cfg.cache:
+        size = cfg.cache_size or math.floor(cfg.img_size / dc['crop_pct'])
+        cache = dict(size=size, cache_dir=resolve(cfg.cache_dir), interpolation=dc['interpolation'],
+                     workers=cfg.workers)
+        with accelerator.main_process_first():  # the main process decodes, the others then read
+            train = cached_image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class, **dict(
+                cache, size=cfg.cache_size or math.floor(train_size / dc['crop_pct'])))
+            val = cached_image_folder(root / cfg.val_split, max_per_class=val_max, **cache,
+                                      transform=tensor_transform(cfg.img_size, False, crop_pct=dc['crop_pct'], **{
+                                          k: aug[k] for k in ('interpolation', 'mean', 'std')}))
+        train_tf = tensor_transform(train_size, True, **aug)
+    else:
+        train = image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class)
+        val = image_folder(root / cfg.val_split, max_per_class=val_max,
+                           transform=timm.data.create_transform(**dc, is_training=False))
+        train_tf = timm.data.create_transform((3, train_size, train_size), is_training=True, **aug)
+    if dataset_classes(train) != dataset_classes(val):
+        raise ValueError(f'train and val splits of {root} have different classes')
+    return SeededTransform(train, train_tf), val, dataset_classes(train)
+
+
+def train_loader(dataset, batch_size: int, cfg: 'Config', accelerator: 'Accelerator') -> DataLoader:
+    sampler = SeededBatchSampler(len(dataset), batch_size, seed=cfg.seed, rank=accelerator.process_index,
+                                 world_size=accelerator.num_processes)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
+                      persistent_workers=cfg.data.workers > 0, pin_memory=accelerator.device.type == 'cuda',
+                      generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched

@@ -1,0 +1,155 @@
+"""The objective: the table of stages (what each trains, its losses), the model a run trains, and the loss
+module that ``accelerator.prepare`` wraps (DDP must see the forward that uses every trained parameter)."""
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
+
+import timm
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..distill import DistillationLoss, Teacher, load_teacher
+from ..front_ends import TransformLoss
+from ..model_spec import load_model
+from ..models import WAEWrapper
+from ..models.wae import is_wae_model
+from ..weights import load_weights
+from . import resolve
+
+if TYPE_CHECKING:
+    from .config import Config, DistillConfig, ModelConfig, StageConfig
+
+__all__ = ['Stage', 'STAGES', 'load_network', 'build_model', 'build_teacher', 'set_trainable', 'Objective']
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one stage trains and on which losses; each starts from the previous stage's saved model."""
+    trains: str         # 'front_end' (the WAE, decoder included), 'classifier' (all but the WAE), 'all'
+    classify: bool      # Lc = CE(sL) + CE(stage_cfg), and distillation when configured
+    transform: bool     # Lt = lr + λ·le through the decoder (needs a learned front end)
+
+
+STAGES: Dict[int, Stage] = {
+    1: Stage('front_end', classify=False, transform=True),   # Lt
+    2: Stage('classifier', classify=True, transform=False),  # Lc; the WAE frozen unless train_front_end
+    3: Stage('all', classify=True, transform=True),          # Lc + γ·Lt
+}
+
+
+def load_network(spec: str, arch: Optional[str], num_classes: Optional[int], what: str) -> nn.Module:
+    """A trained network with its weights: a model folder, a registered name (with its pretrained tag),
+    an hf-hub: id, or a .safetensors file of ``arch``; checked against ``arch`` and the classes (None:
+    any)."""
+    local = resolve(spec)
+    if local.suffix == '.safetensors':
+        if arch is None:
+            raise ValueError(f'{what}={spec!r} is a weights file: name its architecture (model.backbone)')
+        if not local.is_file():
+            raise FileNotFoundError(f'{what}={spec!r} does not exist')
+        model = timm.create_model(arch, **({} if num_classes is None else dict(num_classes=num_classes)))
+        model = load_weights(model, local)
+    else:
+        model = load_model(str(local) if local.exists() else spec, pretrained=True)
+    found = model.pretrained_cfg.get('architecture')
+    if (arch is not None and found != arch) or num_classes not in (None, model.num_classes):
+        raise ValueError(f'{what}={spec!r} is a {found!r} with {model.num_classes} classes; '
+                         f'this run needs a {arch or found!r} with {num_classes}')
+    return model
+
+
+def build_model(cfg: 'ModelConfig', num_classes: int, with_decoder: bool = False) -> nn.Module:
+    """The run's model; with ``backbone_from``, the trained network converted (it starts where it was).
+    ``with_decoder``: a learned front end gets its decoder (the run trains it with the transform loss)."""
+    if cfg.type == 'timm':  # the full-resolution baseline: the backbone itself
+        return timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, num_classes=num_classes,
+                                 drop_rate=cfg.drop_rate)
+    args = dict(num_classes=num_classes, front_end=cfg.front_end, use_ih=cfg.use_ih, ih_fusion=cfg.ih_fusion,
+                width_divisor=cfg.width_divisor, drop_rate=cfg.drop_rate, wae_width=cfg.wae_width,
+                with_decoder=with_decoder)
+    if cfg.backbone_from:
+        network = load_network(cfg.backbone_from, cfg.backbone, num_classes, 'model.backbone_from')
+        return WAEWrapper.from_trained(network, **args)
+    return WAEWrapper(cfg.backbone, pretrained_backbone=cfg.pretrained_backbone, **args)
+
+
+def build_teacher(cfg: 'Config', num_classes: int) -> Teacher:
+    """The distillation teacher, checked against the data's classes: a model folder or name (at its own input
+    size), or a weights file of the backbone's architecture (a converted network's own file, seeing the full
+    image)."""
+    if cfg.distill.teacher.endswith('.safetensors'):
+        network = load_network(cfg.distill.teacher, cfg.model.backbone, num_classes, 'distill.teacher')
+        return Teacher(network, (cfg.data.img_size, cfg.data.img_size))
+    local = resolve(cfg.distill.teacher)
+    return load_teacher(str(local) if local.exists() else cfg.distill.teacher, num_classes)  # a folder, else a name
+
+
+def set_trainable(model: nn.Module, stage: int, stage_cfg: 'StageConfig') -> bool:
+    """requires_grad for what the stage trains; returns True when the WAE is frozen (kept in eval mode)."""
+    wae = model.front_end if is_wae_model(model) and model.front_end.learned else None
+    trains = STAGES[stage].trains
+    model.requires_grad_(trains != 'front_end')
+    if trains == 'front_end':
+        wae.requires_grad_(True)
+    elif trains == 'classifier' and wae is not None:
+        if not stage_cfg.train_front_end:
+            wae.requires_grad_(False)
+            return True
+        if wae.can_reconstruct:
+            wae.decoder.requires_grad_(False)  # Decomposition+CNN: encoder on Lc only, no decoder
+    return False
+
+
+class Objective(nn.Module):
+    """One stage's loss as a module: DDP must see the forward that uses the trained parameters."""
+
+    def __init__(self, model: nn.Module, stage: int, stage_cfg: 'StageConfig', transform_loss: TransformLoss,
+                 frozen_wae: bool = False, teacher: Optional[Teacher] = None, distill: Optional['DistillConfig'] = None,
+                 fixed_low_norm: bool = False, input_size: Optional[Tuple[int, int]] = None,
+                 interpolation: str = 'bilinear'):
+        super().__init__()
+        self.model, self.stage, self.gamma, self.frozen_wae = model, STAGES[stage], stage_cfg.gamma, frozen_wae
+        # the model's image size: crops made at a larger teacher's size are resized down for the student,
+        # so every student of a comparison learns from the teacher's view of the full image
+        self.input_size, self.interpolation = input_size, 'bicubic' if interpolation == 'bicubic' else 'bilinear'
+        self.fixed_low_norm = fixed_low_norm
+        self.transform_loss = transform_loss
+        # distillation: classification stages only. Held outside the module tree (a tuple): checkpoints
+        # then carry no copy of the teacher, which loads from its own file on resume
+        self._teacher = (teacher,) if self.stage.classify and teacher is not None else ()
+        self.distill_weight = distill.weight if distill else 0.
+        self.kd = DistillationLoss(distill.temperature if distill else 1.)
+
+    def _distill(self, out: Dict[str, Tensor], x: Tensor) -> Dict[str, Tensor]:
+        """Add weight·KD(final logits, the teacher's) to the loss."""
+        if not self._teacher:
+            return out
+        kd = self.kd(out['logits'], self._teacher[0](x))
+        return dict(out, loss=out['loss'] + self.distill_weight * kd, kd=kd)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_wae:
+            self.model.front_end.encoder.eval()  # the frozen part; its output's standardisation keeps learning
+        if self.fixed_low_norm:
+            self.model.front_end.norm_low.eval()  # its starting statistics: IL stays the pooled image's scale
+        return self
+
+    def forward(self, x_full: Tensor, y: Tensor) -> Dict[str, Tensor]:
+        m, x = self.model, x_full
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode=self.interpolation, antialias=True, align_corners=False)
+        if not self.stage.classify:  # the WAE alone, decoder included
+            low, high = m.front_end(x)
+            t = self.transform_loss(x, m.front_end.reconstruct(low, high, x.shape[-2:]), high)
+            return {'loss': t.loss, 'lt_recon': t.recon, 'lt_energy': t.energy}
+        if not is_wae_model(m):  # plain timm model
+            logits = m(x)
+            lc = F.cross_entropy(logits, y)
+            return self._distill({'loss': lc, 'lc': lc, 'logits': logits}, x_full)
+        out = m.forward_train(x, reconstruct=self.stage.transform)
+        lc = m.classification_loss(out, y)
+        if not self.stage.transform:
+            return self._distill({'loss': lc, 'lc': lc, 'logits': out.logits}, x_full)
+        t = self.transform_loss(x, out.recon, out.high)
+        return self._distill({'loss': lc + self.gamma * t.loss, 'lc': lc, 'lt': t.loss, 'lt_recon': t.recon,
+                              'lt_energy': t.energy, 'logits': out.logits}, x_full)
