@@ -15,7 +15,7 @@ from torch import nn
 
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, onnx_refusal
 
-__all__ = ['ModelSpec', 'ModelSpecError', 'resolve_spec', 'load_model']
+__all__ = ['ModelSpec', 'ModelSpecError', 'is_repo_id', 'resolve_spec', 'load_model']
 
 
 class ModelSpecError(ValueError):
@@ -28,11 +28,16 @@ class ModelSpec:
     name: str   # the folder's path, the Hub id (without 'hf-hub:') or the timm name with its tag
 
 
+def is_repo_id(text: str) -> bool:
+    """A Hub repository id: ``owner/name``."""
+    return text.count('/') == 1 and all(text.split('/'))
+
+
 def resolve_spec(spec: str) -> ModelSpec:
     """What ``spec`` names, checked without building anything (an ONNX file is a WeightsError)."""
     if spec.startswith('hf-hub:'):
         repo = spec[len('hf-hub:'):]
-        if repo.split('@')[0].count('/') != 1 or not all(repo.split('@')[0].split('/')):
+        if not is_repo_id(repo.split('@')[0]):
             raise ModelSpecError(f'invalid Hub id {spec!r}; expected hf-hub:owner/name')
         return ModelSpec('hub', repo)
     if spec.startswith('local-dir:'):

@@ -24,13 +24,15 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise common.CLIError(f'model folder {args.folder!r} does not exist')
-    missing = [f for f in ('config.json', 'model.safetensors') if not (folder / f).is_file()]
+    from timm_wae import hub
+    from timm_wae.model_spec import is_repo_id
+    from timm_wae.weights import WEIGHTS_NAME
+    missing = [f for f in ('config.json', WEIGHTS_NAME) if not (folder / f).is_file()]
     if missing:
         raise common.CLIError(f'model folder {args.folder!r} has no {" and no ".join(missing)} (expected the Hub '
                               f'layout written by timm_wae.weights.save_pretrained or the training recipes)')
-    if args.repo_id.count('/') != 1 or not all(args.repo_id.split('/')):
+    if not is_repo_id(args.repo_id):
         raise common.CLIError(f'invalid repo id {args.repo_id!r}; expected owner/name')
-    from timm_wae import hub
     kwargs = {'private': True} if args.private else {}
     try:
         url = hub.push_to_hub(str(folder), args.repo_id, commit_message=args.message, **kwargs)
