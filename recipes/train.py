@@ -44,7 +44,7 @@ from timm_wae.training import resolve
 from timm_wae.training.checkpoint import (TRAINER_STATE, load_checkpoint, load_init, save_checkpoint, save_model,
                                           write_json_atomic)
 from timm_wae.training.config import Config, load_config
-from timm_wae.training.data import build_datasets, data_root, loader_throughput, model_data_config, train_loader
+from timm_wae.training.data import build_datasets, data_root, loader_stats, model_data_config, train_loader
 from timm_wae.training.progress import MetricsLog, Progress, add_step, train_line, validate
 from timm_wae.training.stages import STAGES, Objective, build_model, build_teacher, load_network, set_trainable
 
@@ -87,7 +87,8 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=stage_cfg.sched, num_epochs=stage_cfg.epochs, decay_epochs=stage_cfg.decay_epochs,
         decay_rate=stage_cfg.decay_rate, min_lr=stage_cfg.min_lr, warmup_lr=stage_cfg.warmup_lr,
-        warmup_epochs=stage_cfg.warmup_epochs, step_on_epochs=stage_cfg.step_on_epochs, updates_per_epoch=steps_per_epoch)
+        warmup_epochs=stage_cfg.warmup_epochs, step_on_epochs=stage_cfg.step_on_epochs,
+        updates_per_epoch=steps_per_epoch)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
     # a conversion's warm-up: the trained network's parameters get no gradient for the first steps (its
@@ -257,11 +258,7 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
                                                 num_workers=cfg.data.workers))
 
     if cfg.mode == 'loader':  # the loader alone, to compare with the training step's images/s
-        stage = cfg.stages[0] if cfg.stages else 2
-        loader = train_loader(train_set, cfg.stage(stage).batch_size, cfg, accelerator)
-        stats = loader_throughput(loader, cfg.loader_batches)
-        stats = {'mode': 'loader', 'cache': cfg.data.cache, 'workers': cfg.data.workers,
-                 'batch_size': cfg.stage(stage).batch_size, **stats}
+        stats = loader_stats(train_set, cfg, accelerator)
         log.write(stats)
         accelerator.print(json.dumps(stats))
         accelerator.wait_for_everyone()

@@ -24,6 +24,7 @@ from .cfg import ih_into_stem, layer_names, pool_size
 
 __all__ = ['WAEWrapper', 'WAEOutput', 'is_wae_model']
 
+
 def _for_branches(pattern: str, branches: Tuple[str, ...]) -> str:
     body = pattern[1:] if pattern.startswith('^') else pattern
     return rf'^(?:{"|".join(branches)})\.{body}'
@@ -185,8 +186,7 @@ class WAEWrapper(nn.Module):
     @classmethod
     def from_trained(cls, network: nn.Module, front_end: str = 'wae2', ih_fusion: str = 'stem',
                      **kwargs: Any) -> 'WAEWrapper':
-        """Convert a trained classifier into a faster WAE model that starts where the network was
-        (``timm_wae.convert.from_trained``)."""
+        """A trained classifier as a faster WAE model that starts where it was (``timm_wae.convert``)."""
         from ..convert import from_trained
         return from_trained(network, front_end, ih_fusion, model_cls=cls, **kwargs)
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ['image_folder', 'default_cache_dir', 'DecodedImageFolder', 'cached_image_folder', 'tensor_transform',
            'seeded_rng', 'SeededBatchSampler', 'SeededTransform', 'loader_throughput', 'dataset_classes',
-           'model_data_config', 'synthetic_image_folder', 'data_root', 'build_datasets', 'train_loader']
+           'model_data_config', 'synthetic_image_folder', 'data_root', 'build_datasets', 'train_loader', 'loader_stats']
 
 
 def image_folder(
@@ -358,3 +358,10 @@ def train_loader(dataset, batch_size: int, cfg: 'Config', accelerator: 'Accelera
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
                       persistent_workers=cfg.data.workers > 0, pin_memory=accelerator.device.type == 'cuda',
                       generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
+
+
+def loader_stats(dataset, cfg: 'Config', accelerator: 'Accelerator') -> Dict[str, Any]:
+    """``mode=loader``: the first stage's training loader alone, timed (``loader_throughput``), with its settings."""
+    batch_size = cfg.stage(cfg.stages[0] if cfg.stages else 2).batch_size
+    stats = loader_throughput(train_loader(dataset, batch_size, cfg, accelerator), cfg.loader_batches)
+    return {'mode': 'loader', 'cache': cfg.data.cache, 'workers': cfg.data.workers, 'batch_size': batch_size, **stats}
