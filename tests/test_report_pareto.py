@@ -156,3 +156,45 @@ def test_architecture_folders_time_every_row_at_its_size_and_mark_conversions(tm
     report = _report()
     cfg = yaml.safe_load((tmp_path / 'arch' / 'ft_wae4_stem' / 'config.yaml').read_text())
     assert cfg['model']['backbone_from'] == '$OUT/lowres128_s0/stage2/model' and report.kind_of(cfg['model']) == 'wae4'
+
+
+def test_conversion_report_compares_each_row_with_the_lowres_rows_of_its_own_budget(tmp_path):
+    """recipes/report_conversion.py: budget_epochs from the row's config, gains against the lower-resolution
+    rows fine-tuned with the same budget only, and each row's error before any fine-tune."""
+    spec = importlib.util.spec_from_file_location('report_conversion', REPO / 'recipes' / 'report_conversion.py')
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    runs, measure = tmp_path / 'conversion', tmp_path / 'conversion' / 'measure'
+    measure.mkdir(parents=True)
+    # row -> (kind, size, epochs, top-1 err, ms at batch 8)
+    table = {'lowres64_e1': ('lowres', 64, 1, 30.0, 20.0), 'lowres96_e1': ('lowres', 96, 1, 24.0, 40.0),
+             'wae2_e1': ('wae2', 128, 1, 25.0, 30.0),
+             'lowres64_e3': ('lowres', 64, 3, 26.0, 20.0), 'lowres96_e3': ('lowres', 96, 3, 20.0, 40.0),
+             'wae2_e3': ('wae2', 128, 3, 21.0, 30.0)}
+    results = []
+    for row, (kind, size, epochs, top1, ms8) in table.items():
+        model = {'type': 'timm'} if kind == 'lowres' else {'type': 'wae', 'front_end': 'wae2', 'ih_fusion': 'stem'}
+        (runs / 'arch' / row).mkdir(parents=True)
+        (runs / 'arch' / row / 'config.yaml').write_text(yaml.safe_dump(
+            {'model': dict(model, backbone_from='x'), 'init_from': None, 'stage2': {'epochs': epochs}}))
+        (measure / f'eval_{row}_s0.json').write_text(json.dumps({'rows': [
+            {'noise_var': 0, 'top1_err': top1, 'top5_err': 1.0, 'count': 3925}]}))
+        (measure / f'start_{kind}{size}.json').write_text(json.dumps({'top1_err': 50.0 + size / 10}))
+        results += [{'model': str(runs / 'arch' / row), 'batch_size': b, 'dtype': 'fp32', 'channels_last': False,
+                     'median_ms': ms8 / (8 // b), 'gmacs': 0.2, 'params_m': 11.0, 'img_size': size} for b in (1, 8)]
+    (measure / 'bench.json').write_text(json.dumps({'results': results}))
+    out = tmp_path / 'conversion.csv'
+    assert report.main([str(runs), '--csv', str(out), '--png', str(tmp_path / 'c.png'), '--ledger',
+                        str(tmp_path / 'ledger.csv'), '--scratch', str(tmp_path / 'none.csv')]) == 0
+    with out.open() as f:
+        reader = csv.DictReader(f)
+        rows = {r['row']: r for r in reader}
+    assert reader.fieldnames[:9] == ['row', 'kind', 'backbone', 'img_size', 'budget_epochs', 'seeds', 'top1_err',
+                                     'top1_err_spread', 'ms_b8']
+    # the 1-epoch lowres curve is 27 % at 30 ms: wae2_e1 is 2 points better; the 3-epoch one is 23 %
+    assert float(rows['wae2_e1']['gain_vs_lowres']) == pytest.approx(2.0)
+    assert float(rows['wae2_e3']['gain_vs_lowres']) == pytest.approx(2.0)
+    # the 3-epoch curve reaches 21 % at 36.67 ms: 1.22x the row's 30 ms
+    assert float(rows['wae2_e3']['speedup_vs_lowres']) == pytest.approx((20 + 20 * 5 / 6) / 30, abs=1e-4)
+    assert (rows['wae2_e3']['start_err'], rows['lowres64_e1']['start_err']) == ('62.8000', '56.4000')
+    assert rows['lowres64_e1']['gain_vs_lowres'] == '' and (tmp_path / 'c.png').stat().st_size > 0
