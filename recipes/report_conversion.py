@@ -39,9 +39,9 @@ def start_error(kind: str, img_size: int, teacher: Path, measure: Path, val: str
         import torch
         from timm_wae import WAEWrapper
         from timm_wae.evaluate import evaluate
-        from timm_wae.hub import create_model
+        from timm_wae import load_model
         torch.set_num_threads(2)
-        network = create_model(str(teacher)).eval()
+        network = load_model(str(teacher)).eval()
         model = WAEWrapper.from_trained(network, front_end=kind, ih_fusion='stem').eval() if kind != 'lowres' else network
         row = evaluate(model, val, img_size=img_size, workers=0, model_name=f'start_{kind}{img_size}')[0]
         path.write_text(json.dumps(row, indent=1))
