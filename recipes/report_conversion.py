@@ -37,9 +37,8 @@ def start_error(kind: str, img_size: int, teacher: Path, measure: Path, val: str
     path = measure / f'start_{kind}{img_size}.json'
     if not path.is_file():
         import torch
-        from timm_wae import WAEWrapper
+        from timm_wae import WAEWrapper, load_model
         from timm_wae.evaluate import evaluate
-        from timm_wae import load_model
         torch.set_num_threads(2)
         network = load_model(str(teacher)).eval()
         model = WAEWrapper.from_trained(network, front_end=kind, ih_fusion='stem').eval() if kind != 'lowres' else network
