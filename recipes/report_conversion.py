@@ -87,9 +87,10 @@ def plot(rows: List[Dict], path: Path, scratch: Optional[Dict]) -> None:
                     label=f'{kind}, {budget} epoch{"s" if budget > 1 else ""} of fine-tuning')
     starts = {(r['kind'], r['img_size']): (r['ms_b8'], r['start_err']) for r in rows}
     ax.scatter(*zip(*starts.values()), marker='x', color='grey', label='before any fine-tune')
-    if scratch:
-        ax.scatter([scratch['ms_b8']], [scratch['top1_err']], marker='*', s=120, color='black',
-                   label=f"wae2_stem from scratch, 12 epochs ({scratch['top1_err']:.2f} %)")
+    wae2_ms = [r['ms_b8'] for r in rows if r['kind'] == 'wae2']
+    if scratch and wae2_ms:  # the same architecture: drawn at this bench's latency of the wae2 rows
+        ax.scatter([sum(wae2_ms) / len(wae2_ms)], [scratch['top1_err']], marker='*', s=120, color='black',
+                   label=f"wae2_stem trained from scratch, 12 epochs ({scratch['top1_err']:.2f} %)")
     ax.set_xlabel('latency, batch 8 (ms, CPU fp32, 2 threads)')
     ax.set_ylabel('top-1 error % (all 3,925 val images)')
     ax.set_title('Converting a trained resnet18 (Imagenette, 128 px): WAE2 against a lower resolution')
@@ -132,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     scratch = None
     if args.scratch.is_file():
         with args.scratch.open() as f:
-            scratch = next(({k: float(r[k]) for k in ('top1_err', 'ms_b8')} for r in csv.DictReader(f)
+            scratch = next(({'top1_err': float(r['top1_err'])} for r in csv.DictReader(f)
                             if r['row'] == 'wae2_stem'), None)
     plot(rows, args.png, scratch)
     print(markdown(rows))
