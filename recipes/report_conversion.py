@@ -25,7 +25,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from report_pareto import collect, evaluations, interpolate, inverse_interpolate, write_ledger  # noqa: E402
+from report_pareto import (collect, evaluations, interpolate, inverse_interpolate, write_csv,  # noqa: E402
+                           write_ledger)
 
 COLUMNS = ['row', 'kind', 'backbone', 'img_size', 'budget_epochs', 'seeds', 'top1_err', 'top1_err_spread', 'ms_b8',
            'start_err', 'top5_err', 'ms_b1', 'lowres_err_at_ms_b8', 'gain_vs_lowres', 'speedup_vs_lowres']
@@ -63,15 +64,6 @@ def rows_of(runs: Path, teacher: Path, ledger: Optional[Path], val: str) -> List
         r.update(lowres_err_at_ms_b8=ref, gain_vs_lowres=None if ref is None else ref - r['top1_err'],
                  speedup_vs_lowres=None if at is None else at / r['ms_b8'])
     return sorted(rows, key=lambda r: (r['budget_epochs'], r['kind'], r['ms_b8']))
-
-
-def write_csv(rows: List[Dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open('w', newline='') as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: '' if r[k] is None else f'{r[k]:.4f}' if isinstance(r[k], float) else r[k] for k in COLUMNS})
 
 
 def plot(rows: List[Dict], path: Path, scratch: Optional[Dict]) -> None:
@@ -129,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     rows = rows_of(args.runs, args.teacher, args.ledger, args.val)
     write_ledger(evaluations(args.runs / 'measure', args.ledger), args.ledger)
-    write_csv(rows, args.csv)
+    write_csv(rows, args.csv, COLUMNS)
     scratch = None
     if args.scratch.is_file():
         with args.scratch.open() as f:
