@@ -152,14 +152,14 @@ def collect(runs: Path, ledger: Optional[Path] = None) -> List[Dict]:
                                        r['kind'], r['ms_b8']))
 
 
-def write_csv(rows: List[Dict], path: Path) -> None:
+def write_csv(rows: List[Dict], path: Path, columns: Sequence[str] = COLUMNS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open('w', newline='') as f:
-        w = csv.DictWriter(f, COLUMNS)
+        w = csv.DictWriter(f, columns)
         w.writeheader()
         for r in rows:
             w.writerow({k: ('' if r[k] is None else f'{r[k]:.4f}' if isinstance(r[k], float) else r[k])
-                        for k in COLUMNS})
+                        for k in columns})
 
 
 def plot(rows: List[Dict], path: Path, title: str) -> None:
