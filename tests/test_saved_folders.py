@@ -35,3 +35,15 @@ def test_a_0_2_folder_loads_with_the_same_outputs(name):
     torch.testing.assert_close(out.low[..., :8, :8], expected[f'{name}.low'], rtol=1e-5, atol=1e-6)
     if decoder:
         torch.testing.assert_close(out.recon[..., :8, :8], expected[f'{name}.recon'], rtol=1e-5, atol=1e-6)
+
+
+def test_the_0_2_names_in_hub_still_work_and_the_renamed_one_warns():
+    from timm_wae import hub, weights
+    assert (hub.save_pretrained, hub.load_weights, hub.WeightsError) == (
+        weights.save_pretrained, weights.load_weights, weights.WeightsError)
+    folder = str(SAVED / 'wae2_branch')
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(DeprecationWarning, match='timm_wae.load_model'):
+        old = hub.create_model(folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(old(images), create_model(folder).eval()(images))
