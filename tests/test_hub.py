@@ -326,7 +326,7 @@ routes = {
 @pytest.mark.slow
 @pytest.mark.parametrize('offline', [True, False])
 def test_timm_backbone_weights_offline_fail_at_once_naming_hf_hub_offline_and_the_local_file(offline, tmp_path):
-    """WAEWrapper(pretrained_backbone=True), a timm name through hub.create_model and the CLI's eval: within
+    """WAEWrapper(pretrained_backbone=True), a timm name through timm_wae.load_model and the CLI's eval: within
     10 s, a HubUnavailableError naming HF_HUB_OFFLINE and the local-file route. With HF_HUB_OFFLINE=1 set,
     nothing is contacted and the message does not say the Hub could not be reached; the tag stays in the name."""
     env = client_env(tmp_path / 'empty-cache', f'http://127.0.0.1:{_free_port()}', offline=offline)
