@@ -18,7 +18,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from report_pareto import row_of  # noqa: E402
+from report_pareto import read_rows_file, row_of  # noqa: E402
 
 from timm_wae.training.config import load_config  # noqa: E402
 from timm_wae.training.data import model_data_config  # noqa: E402
@@ -32,11 +32,9 @@ def rows(table: Path):
     """row -> (config name, overrides, the trained network it starts from) of the row's first run; the
     network ($OUT/...) only marks the row as converted: the architecture is the same without it."""
     seen = {}
-    for line in table.read_text().splitlines():
-        if line.strip() and not line.startswith('#'):
-            run, config, *overrides = line.split()
-            start = {k: v for k, _, v in (o.partition('=') for o in overrides) if k in ('init_from', 'model.backbone_from')}
-            seen.setdefault(row_of(run), (config, [o for o in overrides if '$' not in o], start))
+    for run, config, *overrides in read_rows_file(table):
+        start = {k: v for k, _, v in (o.partition('=') for o in overrides) if k in ('init_from', 'model.backbone_from')}
+        seen.setdefault(row_of(run), (config, [o for o in overrides if '$' not in o], start))
     return seen
 
 

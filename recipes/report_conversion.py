@@ -48,9 +48,10 @@ def start_error(kind: str, img_size: int, teacher: Path, measure: Path, val: str
     return json.loads(path.read_text())['top1_err']
 
 
-def rows_of(runs: Path, teacher: Path, ledger: Optional[Path], val: str) -> List[Dict]:
+def rows_of(runs: Path, teacher: Path, ledger: Optional[Path], val: str,
+            rows_file: Optional[Path] = None) -> List[Dict]:
     rows = []
-    for r in collect(runs, ledger):
+    for r in collect(runs, ledger, rows_file):
         cfg = yaml.safe_load((runs / 'arch' / r['row'] / 'config.yaml').read_text())
         r['budget_epochs'] = cfg['stage2']['epochs']
         r['start_err'] = start_error(r['kind'], r['img_size'], teacher, runs / 'measure', val)
@@ -117,8 +118,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--ledger', type=Path, default=Path('docs/conversion_runs.csv'))
     p.add_argument('--scratch', type=Path, default=Path('docs/pareto_imagenette.csv'),
                    help="the from-scratch study's CSV: its wae2_stem row is drawn for reference")
+    p.add_argument('--rows', type=Path, help="the study's rows file: only its runs make the table (default: every run)")
     args = p.parse_args(argv)
-    rows = rows_of(args.runs, args.teacher, args.ledger, args.val)
+    rows = rows_of(args.runs, args.teacher, args.ledger, args.val, args.rows)
     write_ledger(evaluations(args.runs / 'measure', args.ledger), args.ledger)
     write_csv(rows, args.csv, COLUMNS)
     scratch = None

@@ -1,7 +1,7 @@
 """The speed-accuracy study's table, CSV and figure, from recipes/pareto_imagenette.sh's runs.
 
     python recipes/report_pareto.py [runs/pareto] [--csv docs/pareto_imagenette.csv] [--png docs/pareto_imagenette.png]
-                                   [--ledger docs/pareto_runs.csv]
+                                   [--ledger docs/pareto_runs.csv] [--rows recipes/pareto_rows.txt]
 
 One row per architecture (runs ``<row>_s<seed>``; the seeds of a row are averaged, the spread is
 half their range). Errors come from ``measure/eval_<run>.json`` (all of val) and, for runs of
@@ -52,6 +52,11 @@ def interpolate(curve: Sequence[tuple], x: float) -> Optional[float]:
     return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
 
 
+def read_rows_file(table: Path) -> List[List[str]]:
+    """A rows file's runs as [run, config, *overrides]; comments and blank lines skipped."""
+    return [line.split() for line in table.read_text().splitlines() if line.strip() and not line.startswith('#')]
+
+
 def row_of(run: str) -> str:
     m = re.fullmatch(r'(.+)_s(\d+)', run)
     return m.group(1) if m else run
@@ -94,7 +99,9 @@ def write_ledger(runs: Dict[str, Dict], path: Path) -> None:
                         'source': r['source']})
 
 
-def collect(runs: Path, ledger: Optional[Path] = None) -> List[Dict]:
+def collect(runs: Path, ledger: Optional[Path] = None, rows_file: Optional[Path] = None) -> List[Dict]:
+    """The study's rows; with ``rows_file``, only the runs it lists (a run taken out of it, such as one
+    of a superseded recipe, keeps its errors in the ledger but leaves the table)."""
     measure = runs / 'measure'
     bench = json.loads((measure / 'bench.json').read_text())
     timing = {}
@@ -108,7 +115,8 @@ def collect(runs: Path, ledger: Optional[Path] = None) -> List[Dict]:
             timing.setdefault((row_of(path.parts[-3]), r['batch_size']), r)
     groups: Dict[str, List[str]] = {}
     evals = evaluations(measure, ledger)
-    for run in sorted(evals):
+    listed = None if rows_file is None else {line[0] for line in read_rows_file(rows_file)}
+    for run in sorted(r for r in evals if listed is None or r in listed):
         groups.setdefault(row_of(run), []).append(run)
     rows = []
     for row, members in groups.items():
@@ -213,8 +221,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--png', type=Path, default=Path('docs/pareto_imagenette.png'))
     p.add_argument('--ledger', type=Path, default=Path('docs/pareto_runs.csv'),
                    help="every run's errors, kept across sessions (updated from the eval files)")
+    p.add_argument('--rows', type=Path, help="the study's rows file: only its runs make the table (default: every run)")
     args = p.parse_args(argv)
-    rows = collect(args.runs, args.ledger)
+    rows = collect(args.runs, args.ledger, args.rows)
     write_ledger(evaluations(args.runs / 'measure', args.ledger), args.ledger)
     write_csv(rows, args.csv)
     plot(rows, args.png, f'Imagenette ({args.runs.name}): trained from scratch (or converted), 12 epochs, bf16 training')

@@ -135,6 +135,24 @@ def test_a_dominated_row_is_off_the_front(study, tmp_path):
     assert rows['haar']['gain_vs_lowres'] == pytest.approx(27.625 - 31.0)
 
 
+def test_a_rows_file_limits_the_table_to_its_runs_and_the_ledger_keeps_every_run(study, tmp_path):
+    """A run taken out of the rows file (a superseded recipe) leaves the table, seed by seed, but its
+    errors stay in the ledger."""
+    table = tmp_path / 'rows.txt'
+    table.write_text('# the study\nlowres64_s0 full_resolution data.img_size=64\n'
+                     'lowres128_s0 full_resolution\nwae2_stem_s1 wae2_stem seed=1\n\nhaar_s0 wavelet_cnn\n')
+    csv_path, ledger = tmp_path / 'out.csv', tmp_path / 'runs.csv'
+    assert _report().main([str(study), '--csv', str(csv_path), '--png', str(tmp_path / 'out.png'), '--ledger',
+                           str(ledger), '--rows', str(table)]) == 0
+    with csv_path.open() as f:
+        rows = {r['row']: r for r in csv.DictReader(f)}
+    assert set(rows) == {'lowres64', 'lowres128', 'wae2_stem', 'haar'}
+    assert (rows['lowres128']['seeds'], float(rows['lowres128']['top1_err'])) == ('1', 20.0)  # lowres128_s1 not listed
+    assert (rows['wae2_stem']['seeds'], float(rows['wae2_stem']['top1_err'])) == ('1', 23.0)
+    with ledger.open() as f:
+        assert {r['run'] for r in csv.DictReader(f)} == set(RUNS)
+
+
 def test_architecture_folders_time_every_row_at_its_size_and_mark_conversions(tmp_path):
     """recipes/pareto_architectures.py: one untrained folder per row (the first run's config), at the row's
     input size, with the config.yaml the report reads; a row that starts from a trained network stays
