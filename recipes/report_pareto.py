@@ -76,7 +76,9 @@ def read_ledger(path: Optional[Path]) -> Dict[str, Dict]:
     if path is None or not path.is_file():
         return {}
     with path.open() as f:
-        return {r['run']: dict(r, top1_err=float(r['top1_err']), top5_err=float(r['top5_err'])) for r in csv.DictReader(f)}
+        # top-5 may be empty: a run recovered from a note that gave only its top-1
+        return {r['run']: dict(r, top1_err=float(r['top1_err']), top5_err=float(r['top5_err']) if r['top5_err'] else None)
+                for r in csv.DictReader(f)}
 
 
 def evaluations(measure: Path, ledger: Optional[Path]) -> Dict[str, Dict]:
@@ -95,7 +97,8 @@ def write_ledger(runs: Dict[str, Dict], path: Path) -> None:
         w.writeheader()
         for run in sorted(runs):
             r = runs[run]
-            w.writerow({'run': run, 'top1_err': f"{r['top1_err']:.4f}", 'top5_err': f"{r['top5_err']:.4f}",
+            w.writerow({'run': run, 'top1_err': f"{r['top1_err']:.4f}",
+                        'top5_err': '' if r['top5_err'] is None else f"{r['top5_err']:.4f}",
                         'source': r['source']})
 
 
@@ -131,6 +134,7 @@ def collect(runs: Path, ledger: Optional[Path] = None, rows_file: Optional[Path]
         cfg = yaml.safe_load(config.read_text())
         converted = cfg.get('init_from') or cfg['model'].get('backbone_from')
         top1 = [evals[m]['top1_err'] for m in members]
+        top5 = [evals[m]['top5_err'] for m in members if evals[m]['top5_err'] is not None]
         t1, t8 = timing[(row, 1)], timing[(row, 8)]
         rows.append({
             'row': row, 'kind': kind_of(cfg['model']), 'study': 'converted' if converted else 'scratch',
@@ -140,7 +144,7 @@ def collect(runs: Path, ledger: Optional[Path] = None, rows_file: Optional[Path]
             'front_end': cfg['model'].get('front_end') if cfg['model'].get('type') != 'timm' else '',
             'ih_fusion': cfg['model'].get('ih_fusion', 'branch') if cfg['model'].get('type') != 'timm' else '',
             'seeds': len(members), 'top1_err': statistics.mean(top1), 'top1_err_spread': (max(top1) - min(top1)) / 2,
-            'top5_err': statistics.mean(evals[m]['top5_err'] for m in members), 'gmac': t8['gmacs'],
+            'top5_err': statistics.mean(top5) if top5 else None, 'gmac': t8['gmacs'],
             'params_m': t8['params_m'], 'ms_b1': t1['median_ms'], 'ms_b8': t8['median_ms'],
         })
     for r in rows:
@@ -202,13 +206,14 @@ def plot(rows: List[Dict], path: Path, title: str) -> None:
 
 def markdown(rows: List[Dict]) -> str:
     fmt = lambda v, p=2: '' if v is None else f'{v:+.{p}f}' if isinstance(v, float) else str(v)  # noqa: E731
+    top5 = lambda r: '' if r['top5_err'] is None else f"{r['top5_err']:.2f}"  # noqa: E731
     speed = lambda r: '' if r['speedup_vs_lowres'] is None else f"{r['speedup_vs_lowres']:.2f}x"  # noqa: E731
     lines = ['| row | backbone | kind | study | px | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on front | vs lowres | speed-up at equal err | vs wavelet |',
              '|' + '---|' * 15]
     for r in rows:
         spread = f" ± {r['top1_err_spread']:.2f}" if r['seeds'] > 1 else ''
         lines.append(f"| {r['row']} | {r['backbone']} | {r['kind']} | {r['study']} | {r['img_size']} | {r['seeds']} | {r['top1_err']:.2f}{spread} "
-                     f"| {r['top5_err']:.2f} | {r['gmac']:.3f} | {r['ms_b1']:.1f} | {r['ms_b8']:.1f} "
+                     f"| {top5(r)} | {r['gmac']:.3f} | {r['ms_b1']:.1f} | {r['ms_b8']:.1f} "
                      f"| {'yes' if r['on_front'] else 'no'} | {fmt(r['gain_vs_lowres'])} | {speed(r)} "
                      f"| {fmt(r['gain_vs_wavelet'])} |")
     return '\n'.join(lines)

@@ -127,6 +127,24 @@ def test_runs_of_earlier_sessions_count_from_the_ledger_and_equal_accuracy_gives
     assert better['speedup_vs_lowres'] is None and better['lowres_ms_at_err'] is None
 
 
+def test_a_ledger_run_recovered_without_its_top5_counts_for_top1_and_leaves_top5_to_the_other_seeds(study, tmp_path):
+    """A run recovered from a note that gave only its top-1: its top-1 counts, the row's top-5 is the mean of
+    the seeds that have one, and the ledger keeps the top-5 empty rather than inventing it."""
+    report = _report()
+    (study / 'measure' / 'eval_wae2_stem_s1.json').unlink()
+    ledger = tmp_path / 'runs.csv'
+    ledger.write_text('run,top1_err,top5_err,source\nwae2_stem_s1,24.0,,a note (top-1 only)\n')
+    csv_path = tmp_path / 'out.csv'
+    assert report.main([str(study), '--csv', str(csv_path), '--png', str(tmp_path / 'out.png'),
+                        '--ledger', str(ledger)]) == 0
+    with csv_path.open() as f:
+        wae2 = next(r for r in csv.DictReader(f) if r['row'] == 'wae2_stem')
+    assert (float(wae2['top1_err']), float(wae2['top5_err']), wae2['seeds']) == (23.0, 3.5, '2')  # 22 and 24; s0's 3.5
+    with ledger.open() as f:
+        kept = {r['run']: r for r in csv.DictReader(f)}
+    assert kept['wae2_stem_s1']['top5_err'] == '' and kept['wae2_stem_s0']['top5_err'] == '3.5000'
+
+
 def test_a_dominated_row_is_off_the_front(study, tmp_path):
     (study / 'measure' / 'eval_haar_s0.json').write_text(json.dumps({'rows': [
         {'model': f'{study}/haar_s0/stage2/model', 'noise_var': 0, 'top1_err': 31.0, 'top5_err': 4.0}]}))
