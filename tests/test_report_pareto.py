@@ -125,6 +125,9 @@ def test_runs_of_earlier_sessions_count_from_the_ledger_and_equal_accuracy_gives
     ledger.write_text('run,top1_err,top5_err,source\nwae2_stem_s1,10.0,1.0,earlier session\n')
     better = {r['row']: r for r in report.collect(study, ledger)}['wae2_stem']  # 16 %: below the whole curve
     assert better['speedup_vs_lowres'] is None and better['lowres_ms_at_err'] is None
+    # the curve could reach 16 % only beyond its slowest point (60 ms): at least 60 / 40 faster, a bound
+    assert better['speedup_vs_lowres_min'] == pytest.approx(60.0 / 40.0)
+    assert rows['wae2_stem']['speedup_vs_lowres_min'] is None and wae4['speedup_vs_lowres_min'] is None
 
 
 def test_a_ledger_run_recovered_without_its_top5_counts_for_top1_and_leaves_top5_to_the_other_seeds(study, tmp_path):
