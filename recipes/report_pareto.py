@@ -16,9 +16,10 @@ better (negative: worse); ``gain_vs_wavelet`` the same against the wavelet rows'
 and ``speedup_vs_lowres`` that over the row's latency (how much faster at equal accuracy; empty where
 the curve does not reach the row's error). For a row more accurate than every point of the curve,
 ``speedup_vs_lowres_min`` is the curve's slowest point's latency over the row's: a bound, not an
-extrapolation (a lower-resolution row can reach that error only beyond the curve's slowest point). ``levels``: the front end's Haar levels (2 for wae4). ``study`` is 'scratch' (trained from scratch) or 'converted' (fine-tuned from a
-trained network: ``init_from`` / ``model.backbone_from``); rows are compared within their study and
-backbone. ``on_front``: no other row of the same study and backbone is both faster (batch 8) and
+extrapolation (a lower-resolution row can reach that error only beyond the curve's slowest point).
+``levels``: the front end's Haar levels (2 for wae4). ``study`` is 'scratch' (trained from scratch) or
+'converted' (fine-tuned from a trained network: ``init_from`` / ``model.backbone_from``); rows are
+compared within their study and backbone. ``on_front``: no other row of the same study and backbone is both faster (batch 8) and
 more accurate.
 """
 import argparse
