@@ -19,8 +19,8 @@ the curve does not reach the row's error). For a row more accurate than every po
 extrapolation (a lower-resolution row can reach that error only beyond the curve's slowest point).
 ``levels``: the front end's Haar levels (2 for wae4). ``study`` is 'scratch' (trained from scratch) or
 'converted' (fine-tuned from a trained network: ``init_from`` / ``model.backbone_from``); rows are
-compared within their study and backbone. ``on_front``: no other row of the same study and backbone is both faster (batch 8) and
-more accurate.
+compared within their study and backbone. ``on_front``: no other row of the same study and backbone is
+both faster (batch 8) and more accurate.
 """
 import argparse
 import csv
