@@ -157,14 +157,15 @@ def collect(runs: Path, ledger: Optional[Path] = None, rows_file: Optional[Path]
                                 (o['ms_b8'] < r['ms_b8'] or o['top1_err'] < r['top1_err']) for o in peers)
         for kind in ('lowres', 'wavelet'):
             curve = [(o['ms_b8'], o['top1_err']) for o in peers if o['kind'] == kind]
-            ref = interpolate(curve, r['ms_b8']) if curve and r['kind'] != kind else None
+            compared = bool(curve) and r['kind'] != kind  # a row is not compared with its own kind's curve
+            ref = interpolate(curve, r['ms_b8']) if compared else None
             r[f'{kind}_err_at_ms_b8'] = ref
             r[f'gain_vs_{kind}'] = None if ref is None else ref - r['top1_err']
             if kind == 'lowres':
-                at = inverse_interpolate(curve, r['top1_err']) if curve and r['kind'] != kind else None
+                at = inverse_interpolate(curve, r['top1_err']) if compared else None
                 r['lowres_ms_at_err'] = at
                 r['speedup_vs_lowres'] = None if at is None else at / r['ms_b8']
-                below = bool(curve) and r['kind'] != kind and r['top1_err'] < min(err for _, err in curve)
+                below = compared and r['top1_err'] < min(err for _, err in curve)
                 r['speedup_vs_lowres_min'] = max(ms for ms, _ in curve) / r['ms_b8'] if below else None
     return sorted(rows, key=lambda r: (r['backbone'] != 'resnet18', r['backbone'], r['study'] != 'scratch',
                                        r['kind'], r['ms_b8']))
