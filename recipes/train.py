@@ -46,10 +46,21 @@ from timm_wae.training.checkpoint import (TRAINER_STATE, load_checkpoint, load_i
 from timm_wae.training.config import Config, load_config
 from timm_wae.training.data import build_datasets, data_root, loader_stats, model_data_config, train_loader
 from timm_wae.training.progress import MetricsLog, Progress, add_step, train_line, validate
-from timm_wae.training.stages import STAGES, Objective, build_model, build_teacher, load_network, set_trainable
+from timm_wae.training.stages import (STAGES, Objective, build_model, build_teacher, load_network,
+                                     recalibrate_batchnorm, set_trainable)
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+def first_batches(loader: DataLoader, images: int, cfg: Config, accelerator: Accelerator):
+    """The first training batches of epoch 0 (at least ``images`` images over all processes), on the device."""
+    loader.batch_sampler.set_epoch(0)
+    for i, (x, y) in enumerate(loader):
+        if i * loader.batch_sampler.batch_size >= images:
+            break
+        x = x.to(accelerator.device)
+        yield (x.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else x), y.to(x.device)
 
 
 def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, val_loader, classes: List[str],
@@ -107,6 +118,9 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
         if cfg.resume:
             log.truncate(log.durable)
         progress = Progress(metrics_bytes=log.size())
+        if stage_cfg.recalibrate_bn:  # a fresh start: BatchNorm statistics for the new input first
+            seen = recalibrate_batchnorm(objective, first_batches(loader, stage_cfg.recalibrate_bn, cfg, accelerator))
+            accelerator.print(f'stage {stage}: BatchNorm statistics re-estimated on {seen} training images')
     n_train = sum(p.numel() for p in params)
     accelerator.print(f'stage {stage}: {n_train / 1e6:.2f}M trainable parameters, {stage_cfg.epochs} epochs of '
                       f'{steps_per_epoch} steps, batch {stage_cfg.batch_size} on {accelerator.num_processes} '

@@ -444,7 +444,11 @@ def test_convert_is_the_conversion_recipe_with_the_network_as_backbone_and_teach
                  f'output_dir={tmp_path / "out"}', 'stage2.epochs=1'):
         assert f' {part}' in line, part
     assert cli.main(['convert', 'resnet50.a1_in1k', '--data', str(data), '--output-dir', 'out', '--dry-run']) == 0
-    assert 'model.backbone_from=resnet50.a1_in1k distill.teacher=resnet50.a1_in1k' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'model.backbone_from=resnet50.a1_in1k distill.teacher=resnet50.a1_in1k' in err
+    assert 'data.img_size' not in err  # the recipe's size unless asked
+    assert cli.main(['convert', 'net', '--data', str(data), '--output-dir', 'out', '--img-size', '160', '--dry-run']) == 0
+    assert ' data.img_size=160' in capsys.readouterr().err.strip().splitlines()[-1]
     assert cli.main(['convert', 'no_such_net', '--data', str(data), '--output-dir', 'out', '--dry-run']) == 2
     assert "model.backbone_from='no_such_net' does not exist, and is not a timm model name" in capsys.readouterr().err
 

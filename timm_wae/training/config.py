@@ -82,6 +82,8 @@ class StageConfig:
     train_front_end: bool = False       # stage 2: also train the WAE encoder, on Lc only
     hold_backbone_epochs: float = 0.0   # a conversion's warm-up: for this many epochs only its new parts train
                                         # (front end, IH's layers, fusion head); the trained network is held
+    recalibrate_bn: int = 0             # a fresh start from trained weights: re-estimate BatchNorm statistics on
+                                        # this many training images at the new input first (FixRes), no gradient
 
 
 @dataclass

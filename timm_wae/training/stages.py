@@ -1,9 +1,10 @@
 """The objective: the table of stages (what each trains, its losses), the model a run trains, and the loss
 module that ``accelerator.prepare`` wraps (DDP must see the forward that uses every trained parameter)."""
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, Optional, Tuple
 
 import timm
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -18,7 +19,8 @@ from . import resolve
 if TYPE_CHECKING:
     from .config import Config, DistillConfig, ModelConfig, StageConfig
 
-__all__ = ['Stage', 'STAGES', 'load_network', 'build_model', 'build_teacher', 'set_trainable', 'Objective']
+__all__ = ['Stage', 'STAGES', 'load_network', 'build_model', 'build_teacher', 'set_trainable', 'Objective',
+           'recalibrate_batchnorm']
 
 
 @dataclass(frozen=True)
@@ -153,3 +155,25 @@ class Objective(nn.Module):
         t = self.transform_loss(x, out.recon, out.high)
         return self._distill({'loss': lc + self.gamma * t.loss, 'lc': lc, 'lt': t.loss, 'lt_recon': t.recon,
                               'lt_energy': t.energy, 'logits': out.logits}, x_full)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(objective: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]]) -> int:
+    """Re-estimate the running statistics of every BatchNorm that trains (a cumulative average over
+    ``batches``, no gradient) before fine-tuning a trained network on a new input: at another resolution,
+    or as IL, its statistics are the old input's (FixRes, Touvron et al., 2019). Frozen norms (a frozen
+    WAE, a fixed IL standardisation) stay as they are. Returns the number of images seen."""
+    objective.train()
+    norms = [m for m in objective.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.training and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    seen = 0
+    for x, y in batches:
+        objective(x, y)
+        seen += len(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return seen
