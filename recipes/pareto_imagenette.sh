@@ -58,4 +58,4 @@ sys.exit(any(a.rstrip("/") not in timed for a in sys.argv[2:]))' "$M/bench.json"
 fi
 [ -f "$M/bench.json" ] || timm-wae bench "$OUT"/arch/*/ --img-size native --batch-sizes 1,8 --threads 2 \
   --repeats 15 --json "$M/bench.json"
-python "$REPORT" "$OUT" --rows "$ROWS_FILE"
+python "$REPORT" "$OUT" --rows "$ROWS_FILE" --page
