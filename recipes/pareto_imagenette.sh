@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed-accuracy study behind MODEL_CARD.md "Speed-accuracy front": every row trained with the
+# The speed-accuracy study behind docs/speed_accuracy.md: every row trained with the
 # grid-B budget (12 classifier epochs, bf16 autocast, resnet18 from scratch), then measured on all of
 # val and timed side by side in one bench run; recipes/report_pareto.py writes the CSV and the figure.
 #   bash recipes/pareto_imagenette.sh            # train what is missing, then measure and report
