@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Imagenette reproduction behind MODEL_CARD.md: every row of the table, on one 2-core CPU.
+# The Imagenette reproduction behind docs/reproduction.md: every row of the table, on one 2-core CPU.
 # A pool of two slots (one core each) runs the rows; every row gets the same classifier budget.
 #   bash recipes/imagenette_grid.sh [extra key=value overrides for every run]
 # OUT (default runs/imagenette) is where the runs go; PRECISION (default no) is Accelerate's

@@ -14,7 +14,7 @@
 
 Why ONNX Runtime: it is in the project's ``[export]`` extra already and runs int8 convolutions with
 VNNI on this CPU; torchao's PT2E x86 path needs ``torch.compile`` with a C++ toolchain at run
-time, and OpenVINO is a further dependency (see MODEL_CARD.md for what was measured).
+time, and OpenVINO is a further dependency (see docs/deployment.md for what was measured).
 """
 import argparse
 import json

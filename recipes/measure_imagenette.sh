@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # After recipes/imagenette_grid.sh: evaluate every row on the whole val split, time them side by
 # side, run the noise test and draw the decomposition figure. Writes JSON under $OUT/measure and
-# docs/imagenette_decomposition.png; recipes/report_imagenette.py turns them into MODEL_CARD tables.
+# docs/imagenette_decomposition.png; recipes/report_imagenette.py turns them into docs/reproduction.md tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/imagenette}

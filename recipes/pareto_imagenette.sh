@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed-accuracy study behind MODEL_CARD.md "Speed-accuracy front": every row trained with the
+# The speed-accuracy study behind docs/speed_accuracy.md: every row trained with the
 # grid-B budget (12 classifier epochs, bf16 autocast, resnet18 from scratch), then measured on all of
 # val and timed side by side in one bench run; recipes/report_pareto.py writes the CSV and the figure.
 #   bash recipes/pareto_imagenette.sh            # train what is missing, then measure and report
@@ -58,4 +58,4 @@ sys.exit(any(a.rstrip("/") not in timed for a in sys.argv[2:]))' "$M/bench.json"
 fi
 [ -f "$M/bench.json" ] || timm-wae bench "$OUT"/arch/*/ --img-size native --batch-sizes 1,8 --threads 2 \
   --repeats 15 --json "$M/bench.json"
-python "$REPORT" "$OUT" --rows "$ROWS_FILE"
+python "$REPORT" "$OUT" --rows "$ROWS_FILE" --page

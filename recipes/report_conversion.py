@@ -2,6 +2,8 @@
 
     python recipes/report_conversion.py [runs/conversion] [--teacher runs/pareto/lowres128_s0/stage2/model]
         [--csv docs/conversion_imagenette.csv] [--png docs/conversion_imagenette.png] [--ledger docs/conversion_runs.csv]
+        [--page]
+    python recipes/report_conversion.py --from-csv --page   # only the page's table, from the CSV (no runs needed)
 
 The trained network is converted (``wae2``: WAEWrapper.from_trained) or fine-tuned at a lower
 resolution (``lowres``), every row with the same teacher, schedule and tricks, at budgets of 1 and 3
@@ -14,7 +16,6 @@ image for wae2, on the image at the row's size for lowres; measured here once an
 error over the row's latency).
 """
 import argparse
-import csv
 import json
 import os
 import sys
@@ -25,12 +26,14 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from report_pareto import (collect, evaluations, interpolate, inverse_interpolate, write_csv,  # noqa: E402
-                           write_ledger)
+from doc_tables import write_table  # noqa: E402
+from report_pareto import (collect, error_cell, evaluations, fixed, interpolate, inverse_interpolate,  # noqa: E402
+                           read_csv, write_csv, write_ledger)
 
 COLUMNS = ['row', 'kind', 'backbone', 'img_size', 'budget_epochs', 'seeds', 'top1_err', 'top1_err_spread', 'ms_b8',
            'start_err', 'top5_err', 'ms_b1', 'lowres_err_at_ms_b8', 'gain_vs_lowres', 'speedup_vs_lowres']
 VAL = '../shared/data/imagenette160/val'
+PAGE, TABLE = Path('docs/conversion.md'), 'conversion'  # the study's page and its table's markers
 
 
 def start_error(kind: str, img_size: int, teacher: Path, measure: Path, val: str) -> float:
@@ -95,15 +98,14 @@ def plot(rows: List[Dict], path: Path, scratch: Optional[Dict]) -> None:
 
 
 def markdown(rows: List[Dict]) -> str:
-    sign = lambda v: '' if v is None else f'{v:+.2f}'  # noqa: E731
-    lines = ['| row | kind | px | epochs | seeds | start err % | top-1 err % | ms @8 | vs lowres (same budget) | speed-up at equal err |',
-             '|' + '---|' * 10]
+    """The page's table (docs/conversion.md), one line per row."""
+    lines = ['| row | kind | px in | epochs | seeds | start err % | top-1 err % | top-5 err % | ms @8 '
+             '| vs lowres (same budget) | speed-up at equal err |', '|' + '---|' * 11]
     for r in rows:
-        spread = f" ± {r['top1_err_spread']:.2f}" if r['seeds'] > 1 else ''
-        speed = '' if r['speedup_vs_lowres'] is None else f"{r['speedup_vs_lowres']:.2f}x"
+        speed = '' if r['speedup_vs_lowres'] is None else f"{fixed(r['speedup_vs_lowres'])}x"
         lines.append(f"| {r['row']} | {r['kind']} | {r['img_size']} | {r['budget_epochs']} | {r['seeds']} "
-                     f"| {r['start_err']:.2f} | {r['top1_err']:.2f}{spread} | {r['ms_b8']:.1f} "
-                     f"| {sign(r['gain_vs_lowres'])} | {speed} |")
+                     f"| {fixed(r['start_err'])} | {error_cell(r)} | {fixed(r['top5_err'])} | {fixed(r['ms_b8'], 1)} "
+                     f"| {fixed(r['gain_vs_lowres'], sign=True)} | {speed} |")
     return '\n'.join(lines)
 
 
@@ -119,18 +121,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--scratch', type=Path, default=Path('docs/pareto_imagenette.csv'),
                    help="the from-scratch study's CSV: its wae2_stem row is drawn for reference")
     p.add_argument('--rows', type=Path, help="the study's rows file: only its runs make the table (default: every run)")
+    p.add_argument('--page', type=Path, nargs='?', const=PAGE,
+                   help=f'write the table between the page\'s table:{TABLE} markers (alone: {PAGE})')
+    p.add_argument('--from-csv', action='store_true', help='no runs: render the existing --csv (with --page)')
     args = p.parse_args(argv)
-    rows = rows_of(args.runs, args.teacher, args.ledger, args.val, args.rows)
-    write_ledger(evaluations(args.runs / 'measure', args.ledger), args.ledger)
-    write_csv(rows, args.csv, COLUMNS)
-    scratch = None
-    if args.scratch.is_file():
-        with args.scratch.open() as f:
-            scratch = next(({'top1_err': float(r['top1_err'])} for r in csv.DictReader(f)
-                            if r['row'] == 'wae2_stem'), None)
-    plot(rows, args.png, scratch)
-    print(markdown(rows))
-    print(f'\nwrote {args.csv} and {args.png}')
+    if not args.from_csv:
+        rows = rows_of(args.runs, args.teacher, args.ledger, args.val, args.rows)
+        write_ledger(evaluations(args.runs / 'measure', args.ledger), args.ledger)
+        write_csv(rows, args.csv, COLUMNS)
+        scratch = None
+        if args.scratch.is_file():
+            scratch = next(({'top1_err': r['top1_err']} for r in read_csv(args.scratch) if r['row'] == 'wae2_stem'), None)
+        plot(rows, args.png, scratch)
+        print(f'wrote {args.csv} and {args.png}')
+    table = markdown(read_csv(args.csv))  # the page shows what the CSV holds, rounded as it is there
+    print(table)
+    if args.page:
+        write_table(args.page, TABLE, table)
+        print(f'wrote the table into {args.page}')
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Turn the Imagenette runs and measurements into MODEL_CARD.md's tables and a curve figure.
+"""Turn the Imagenette runs and measurements into docs/reproduction.md's tables and a curve figure.
 
     python recipes/report_imagenette.py [runs/imagenette]
 

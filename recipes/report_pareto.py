@@ -1,11 +1,12 @@
 """The speed-accuracy study's table, CSV and figure, from recipes/pareto_imagenette.sh's runs.
 
     python recipes/report_pareto.py [runs/pareto] [--csv docs/pareto_imagenette.csv] [--png docs/pareto_imagenette.png]
-                                   [--ledger docs/pareto_runs.csv] [--rows recipes/pareto_rows.txt]
+                                   [--ledger docs/pareto_runs.csv] [--rows recipes/pareto_rows.txt] [--page]
+    python recipes/report_pareto.py --from-csv --page   # only the page's table, from the CSV (no runs needed)
 
 One row per architecture (runs ``<row>_s<seed>``; the seeds of a row are averaged, the spread is
 half their range). Errors come from ``measure/eval_<run>.json`` (all of val) and, for runs of
-earlier sessions whose folders are gone, from the ledger of every run's errors (docs/pareto_runs.csv,
+earlier studies whose folders are gone, from the ledger of every run's errors (docs/pareto_runs.csv,
 which this script brings up to date with the eval files); timings and MACs from the one bench run
 in ``measure/bench.json`` over ``arch/<row>`` (each row's architecture, untrained, at its own input
 size: recipes/pareto_architectures.py) or, before those folders, over seed 0's model. For every row
@@ -20,18 +21,24 @@ extrapolation (a lower-resolution row can reach that error only beyond the curve
 ``levels``: the front end's Haar levels (2 for wae4). ``study`` is 'scratch' (trained from scratch) or
 'converted' (fine-tuned from a trained network: ``init_from`` / ``model.backbone_from``); rows are
 compared within their study and backbone. ``on_front``: no other row of the same study and backbone is
-both faster (batch 8) and more accurate.
+both faster (batch 8) and more accurate. ``--page`` writes the table of the rows trained from scratch, as the
+CSV holds them, into the study's page (docs/speed_accuracy.md), so that its numbers live in the CSV only.
 """
 import argparse
 import csv
 import json
 import re
 import statistics
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_tables import write_table  # noqa: E402
+
+PAGE, TABLE = Path('docs/speed_accuracy.md'), 'pareto'  # the study's page and its table's markers
 COLUMNS = ['row', 'kind', 'study', 'backbone', 'levels', 'img_size', 'front_end', 'ih_fusion', 'seeds', 'top1_err',
            'top1_err_spread', 'top5_err', 'gmac', 'params_m', 'ms_b1', 'ms_b8', 'on_front', 'lowres_err_at_ms_b8',
            'gain_vs_lowres', 'lowres_ms_at_err', 'speedup_vs_lowres', 'speedup_vs_lowres_min', 'wavelet_err_at_ms_b8',
@@ -211,19 +218,43 @@ def plot(rows: List[Dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def read_csv(path: Path) -> List[Dict]:
+    """The rows of a CSV this script (or report_conversion.py) wrote, typed back: numbers, booleans, None."""
+    def value(v: str):
+        if v in ('', 'True', 'False'):
+            return None if v == '' else v == 'True'
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+    with path.open(newline='') as f:
+        return [{k: value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def fixed(v: Optional[float], places: int = 2, sign: bool = False) -> str:
+    """``v`` to ``places`` decimals (Python's rounding of the CSV's value), a typographic minus; empty for None."""
+    return '' if v is None else (f'{v:+.{places}f}' if sign else f'{v:.{places}f}').replace('-', '\N{MINUS SIGN}')
+
+
+def error_cell(r: Dict) -> str:
+    """Top-1 error with its spread (half the seeds' range) where a row has more than one seed."""
+    return fixed(r['top1_err']) + (f" ± {fixed(r['top1_err_spread'])}" if r['seeds'] > 1 else '')
+
+
 def markdown(rows: List[Dict]) -> str:
-    fmt = lambda v, p=2: '' if v is None else f'{v:+.{p}f}' if isinstance(v, float) else str(v)  # noqa: E731
-    top5 = lambda r: '' if r['top5_err'] is None else f"{r['top5_err']:.2f}"  # noqa: E731
-    speed = lambda r: (f"≥ {r['speedup_vs_lowres_min']:.2f}x" if r['speedup_vs_lowres_min'] is not None else  # noqa: E731
-                       '' if r['speedup_vs_lowres'] is None else f"{r['speedup_vs_lowres']:.2f}x")
-    lines = ['| row | backbone | kind | study | px | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on front | vs lowres | speed-up at equal err | vs wavelet |',
-             '|' + '---|' * 15]
+    """The page's table (docs/speed_accuracy.md): the rows trained from scratch, one line each."""
+    speed = lambda r: (f"≥ {fixed(r['speedup_vs_lowres_min'])}x" if r['speedup_vs_lowres_min'] is not None else  # noqa: E731
+                       '' if r['speedup_vs_lowres'] is None else f"{fixed(r['speedup_vs_lowres'])}x")
+    lines = ['| row | backbone | px in | seeds | top-1 err % | top-5 err % | GMAC | ms @1 | ms @8 | on the front '
+             '| vs lowres @8 | speed-up at equal err |', '|' + '---|' * 12]
     for r in rows:
-        spread = f" ± {r['top1_err_spread']:.2f}" if r['seeds'] > 1 else ''
-        lines.append(f"| {r['row']} | {r['backbone']} | {r['kind']} | {r['study']} | {r['img_size']} | {r['seeds']} | {r['top1_err']:.2f}{spread} "
-                     f"| {top5(r)} | {r['gmac']:.3f} | {r['ms_b1']:.1f} | {r['ms_b8']:.1f} "
-                     f"| {'yes' if r['on_front'] else 'no'} | {fmt(r['gain_vs_lowres'])} | {speed(r)} "
-                     f"| {fmt(r['gain_vs_wavelet'])} |")
+        if r['study'] != 'scratch':
+            continue
+        lines.append(f"| {r['row']} | {r['backbone']} | {r['img_size']} | {r['seeds']} | {error_cell(r)} "
+                     f"| {fixed(r['top5_err'])} | {fixed(r['gmac'], 3)} | {fixed(r['ms_b1'], 1)} | {fixed(r['ms_b8'], 1)} "
+                     f"| {'yes' if r['on_front'] else 'no'} | {fixed(r['gain_vs_lowres'], sign=True)} | {speed(r)} |")
     return '\n'.join(lines)
 
 
@@ -233,15 +264,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--csv', type=Path, default=Path('docs/pareto_imagenette.csv'))
     p.add_argument('--png', type=Path, default=Path('docs/pareto_imagenette.png'))
     p.add_argument('--ledger', type=Path, default=Path('docs/pareto_runs.csv'),
-                   help="every run's errors, kept across sessions (updated from the eval files)")
+                   help="every run's errors, kept across studies (updated from the eval files)")
     p.add_argument('--rows', type=Path, help="the study's rows file: only its runs make the table (default: every run)")
+    p.add_argument('--page', type=Path, nargs='?', const=PAGE,
+                   help=f'write the table between the page\'s table:{TABLE} markers (alone: {PAGE})')
+    p.add_argument('--from-csv', action='store_true', help='no runs: render the existing --csv (with --page)')
     args = p.parse_args(argv)
-    rows = collect(args.runs, args.ledger, args.rows)
-    write_ledger(evaluations(args.runs / 'measure', args.ledger), args.ledger)
-    write_csv(rows, args.csv)
-    plot(rows, args.png, f'Imagenette ({args.runs.name}): trained from scratch (or converted), 12 epochs, bf16 training')
-    print(markdown(rows))
-    print(f'\nwrote {args.csv} and {args.png}')
+    if args.from_csv:
+        rows = read_csv(args.csv)
+    else:
+        rows = collect(args.runs, args.ledger, args.rows)
+        write_ledger(evaluations(args.runs / 'measure', args.ledger), args.ledger)
+        write_csv(rows, args.csv)
+        plot(rows, args.png, f'Imagenette ({args.runs.name}): trained from scratch (or converted), 12 epochs, bf16 training')
+        rows = read_csv(args.csv)  # the page shows what the CSV holds, rounded as it is there
+        print(f'wrote {args.csv} and {args.png}')
+    table = markdown(rows)
+    print(table)
+    if args.page:
+        write_table(args.page, TABLE, table)
+        print(f'wrote the table into {args.page}')
     return 0
 
 
