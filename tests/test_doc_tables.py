@@ -48,7 +48,7 @@ def test_the_from_csv_mode_rewrites_only_the_table_between_the_markers(tmp_path)
     assert module.main(['--from-csv', '--csv', str(REPO / 'docs' / 'conversion_imagenette.csv'),
                         '--page', str(page)]) == 0
     text = page.read_text()
-    assert '| stale |' not in text and '| wae2_e3 | wae2 | 128 | 3 | 2 |' in text
+    assert '| stale |' not in text and '| wae2_e3 | c128 | wae2 | 128 | 3 | 2 |' in text
     assert text.startswith('# title\n\n<!-- table:conversion -->\n| row |') and text.endswith('\n\nafter <!-- /table -->\n')
 
 

@@ -197,9 +197,10 @@ def test_architecture_folders_time_every_row_at_its_size_and_mark_conversions(tm
     assert cfg['model']['backbone_from'] == '$OUT/lowres128_s0/stage2/model' and report.kind_of(cfg['model']) == 'wae4'
 
 
-def test_conversion_report_compares_each_row_with_the_lowres_rows_of_its_own_budget(tmp_path):
+def test_conversion_report_compares_each_row_with_the_lowres_rows_of_its_own_series_and_budget(tmp_path):
     """recipes/report_conversion.py: budget_epochs from the row's config, gains against the lower-resolution
-    rows fine-tuned with the same budget only, and each row's error before any fine-tune."""
+    rows of the same series fine-tuned with the same budget only, the c160 series against its teacher row,
+    and each row's error before any fine-tune (the c128 series' kept from the CSV: its teacher is gone)."""
     spec = importlib.util.spec_from_file_location('report_conversion', REPO / 'recipes' / 'report_conversion.py')
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
@@ -209,7 +210,10 @@ def test_conversion_report_compares_each_row_with_the_lowres_rows_of_its_own_bud
     table = {'lowres64_e1': ('lowres', 64, 1, 30.0, 20.0), 'lowres96_e1': ('lowres', 96, 1, 24.0, 40.0),
              'wae2_e1': ('wae2', 128, 1, 25.0, 30.0),
              'lowres64_e3': ('lowres', 64, 3, 26.0, 20.0), 'lowres96_e3': ('lowres', 96, 3, 20.0, 40.0),
-             'wae2_e3': ('wae2', 128, 3, 21.0, 30.0)}
+             'wae2_e3': ('wae2', 128, 3, 21.0, 30.0),
+             'c160_teacher': ('lowres', 128, 12, 19.0, 60.0),
+             'c160_lowres80_e3': ('lowres', 80, 3, 23.0, 30.0), 'c160_lowres96_e3': ('lowres', 96, 3, 21.0, 40.0),
+             'c160_wae2_e3': ('wae2', 160, 3, 19.5, 34.0)}
     results = []
     for row, (kind, size, epochs, top1, ms8) in table.items():
         model = {'type': 'timm'} if kind == 'lowres' else {'type': 'wae', 'front_end': 'wae2', 'ih_fusion': 'stem'}
@@ -218,22 +222,31 @@ def test_conversion_report_compares_each_row_with_the_lowres_rows_of_its_own_bud
             {'model': dict(model, backbone_from='x'), 'init_from': None, 'stage2': {'epochs': epochs}}))
         (measure / f'eval_{row}_s0.json').write_text(json.dumps({'rows': [
             {'noise_var': 0, 'top1_err': top1, 'top5_err': 1.0, 'count': 3925}]}))
-        (measure / f'start_{kind}{size}.json').write_text(json.dumps({'top1_err': 50.0 + size / 10}))
+        (measure / f'start_c160_{kind}{size}.json').write_text(json.dumps({'top1_err': 50.0 + size / 10}))
         results += [{'model': str(runs / 'arch' / row), 'batch_size': b, 'dtype': 'fp32', 'channels_last': False,
                      'median_ms': ms8 / (8 // b), 'gmacs': 0.2, 'params_m': 11.0, 'img_size': size} for b in (1, 8)]
     (measure / 'bench.json').write_text(json.dumps({'results': results}))
     out = tmp_path / 'conversion.csv'
+    out.write_text('row,start_err\nwae2_e3,37.5\nlowres64_e1,37.8\n')  # the c128 start errors measured back then
     assert report.main([str(runs), '--csv', str(out), '--png', str(tmp_path / 'c.png'), '--ledger',
                         str(tmp_path / 'ledger.csv'), '--scratch', str(tmp_path / 'none.csv')]) == 0
     with out.open() as f:
         reader = csv.DictReader(f)
         rows = {r['row']: r for r in reader}
-    assert reader.fieldnames[:9] == ['row', 'kind', 'backbone', 'img_size', 'budget_epochs', 'seeds', 'top1_err',
-                                     'top1_err_spread', 'ms_b8']
+    assert reader.fieldnames[:10] == ['row', 'series', 'kind', 'backbone', 'img_size', 'budget_epochs', 'seeds',
+                                      'top1_err', 'top1_err_spread', 'ms_b8']
     # the 1-epoch lowres curve is 27 % at 30 ms: wae2_e1 is 2 points better; the 3-epoch one is 23 %
     assert float(rows['wae2_e1']['gain_vs_lowres']) == pytest.approx(2.0)
     assert float(rows['wae2_e3']['gain_vs_lowres']) == pytest.approx(2.0)
     # the 3-epoch curve reaches 21 % at 36.67 ms: 1.22x the row's 30 ms
     assert float(rows['wae2_e3']['speedup_vs_lowres']) == pytest.approx((20 + 20 * 5 / 6) / 30, abs=1e-4)
-    assert (rows['wae2_e3']['start_err'], rows['lowres64_e1']['start_err']) == ('62.8000', '56.4000')
+    assert (rows['wae2_e3']['start_err'], rows['lowres64_e1']['start_err'], rows['wae2_e1']['start_err']) == \
+        ('37.5000', '37.8000', '')
     assert rows['lowres64_e1']['gain_vs_lowres'] == '' and (tmp_path / 'c.png').stat().st_size > 0
+    # c160: against its own lowres rows (22.6 % at 34 ms, not the c128 rows') and its teacher
+    c160 = rows['c160_wae2_e3']
+    assert (c160['series'], rows['c160_teacher']['kind'], rows['wae2_e3']['series']) == ('c160', 'teacher', 'c128')
+    assert float(c160['gain_vs_lowres']) == pytest.approx(23.0 - 2.0 * 4 / 10 - 19.5)
+    assert float(c160['err_vs_teacher']) == pytest.approx(0.5) and float(c160['speedup_vs_teacher']) == pytest.approx(60 / 34, abs=1e-4)
+    assert c160['start_err'] == '66.0000' and rows['c160_teacher']['start_err'] == ''
+    assert rows['wae2_e3']['err_vs_teacher'] == '' and rows['c160_teacher']['gain_vs_lowres'] == ''
