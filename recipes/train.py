@@ -47,7 +47,7 @@ from timm_wae.training.config import Config, load_config
 from timm_wae.training.data import build_datasets, data_root, loader_stats, model_data_config, train_loader
 from timm_wae.training.progress import MetricsLog, Progress, add_step, train_line, validate
 from timm_wae.training.stages import (STAGES, Objective, build_model, build_teacher, load_network,
-                                     recalibrate_batchnorm, set_trainable)
+                                     param_groups, recalibrate_batchnorm, set_trainable)
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -93,7 +93,8 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
 
     loader = train_loader(train_set, stage_cfg.batch_size, cfg, accelerator)
     steps_per_epoch = min(loader.batch_sampler.batches_per_epoch, stage_cfg.max_steps_per_epoch or math.inf)
-    optimizer = create_optimizer_v2(model, opt=stage_cfg.opt, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay,
+    groups = param_groups(model, stage_cfg, cfg.model.backbone_from is not None)
+    optimizer = create_optimizer_v2(groups, opt=stage_cfg.opt, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay,
                                     momentum=stage_cfg.momentum)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=stage_cfg.sched, num_epochs=stage_cfg.epochs, decay_epochs=stage_cfg.decay_epochs,

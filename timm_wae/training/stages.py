@@ -1,10 +1,11 @@
 """The objective: the table of stages (what each trains, its losses), the model a run trains, and the loss
 module that ``accelerator.prepare`` wraps (DDP must see the forward that uses every trained parameter)."""
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 import timm
 import torch
+from timm.optim import param_groups_weight_decay
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from .config import Config, DistillConfig, ModelConfig, StageConfig
 
 __all__ = ['Stage', 'STAGES', 'load_network', 'build_model', 'build_teacher', 'set_trainable', 'Objective',
-           'recalibrate_batchnorm']
+           'recalibrate_batchnorm', 'param_groups']
 
 
 @dataclass(frozen=True)
@@ -177,3 +178,30 @@ def recalibrate_batchnorm(objective: nn.Module, batches: Iterable[Tuple[Tensor, 
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return seen
+
+
+def param_groups(model: nn.Module, stage_cfg: 'StageConfig', converted: bool) -> List[Dict]:
+    """The optimizer's parameter groups: timm's (no weight decay on biases and norms); for a converted WAE
+    model with ``new_parts_lr_scale`` != 1, its new parts (all but ``network_parameters()``) in groups of their
+    own at lr times the scale. In the layers that read IH only the new input channels are new: the gradient
+    of their trained IL channels (and bias) is divided by the scale, so the trained weights move as the
+    rest of the network does (SGD: the step is proportional to the gradient; Adam-type optimizers are not
+    scale-free, so the scale is refused for them at configuration time)."""
+    groups = param_groups_weight_decay(model, stage_cfg.weight_decay, getattr(model, 'no_weight_decay', set)())
+    scale = stage_cfg.new_parts_lr_scale
+    if scale == 1 or not converted or not is_wae_model(model):
+        return groups
+    trained = {id(p) for p in model.network_parameters()}
+    readers = [model.backbone.get_submodule(name) for name in model.ih_readers]
+    il_chans = model.front_end.low_chans
+    for conv in readers:
+        conv.weight.register_hook(lambda g: torch.cat([g[:, :il_chans] / scale, g[:, il_chans:]], 1))
+        if conv.bias is not None:
+            conv.bias.register_hook(lambda g: g / scale)
+    split = []
+    for g in groups:
+        old = [p for p in g['params'] if id(p) in trained]
+        new = [p for p in g['params'] if id(p) not in trained]
+        split += [dict(g, params=old)] if old else []
+        split += [dict(g, params=new, lr=stage_cfg.lr * scale)] if new else []
+    return split
