@@ -480,11 +480,13 @@ def test_converting_a_trained_network_with_distillation(data_root, tmp_path, mon
     kept = [n for n in params if not n.startswith(f'{first}.')]
     assert kept and all(torch.equal(held[f'backbone.{n}'], net[n]) for n in kept)
     assert not torch.equal(held[f'backbone.{first}.weight'][:, 3:], torch.zeros_like(held[f'backbone.{first}.weight'][:, 3:]))
-    # BatchNorm statistics re-estimated on the new input before the first step (a fresh start only)
+    # BatchNorm statistics re-estimated on the new input before the first step (a fresh start only), and the
+    # new parts at a scaled lr
     out = tmp_path / 'recal'
     capsys.readouterr()
     assert train.main([str(CONFIGS / 'convert.yaml'), f'data.root={data_root}', f'output_dir={out}', *tiny,
-                       f'model.backbone_from={teacher}', f'distill.teacher={teacher}', 'stage2.recalibrate_bn=8']) == 0  # batches of 6: two
+                       f'model.backbone_from={teacher}', f'distill.teacher={teacher}', 'stage2.recalibrate_bn=8',
+                       'stage2.new_parts_lr_scale=10']) == 0  # batches of 6: two
     assert 'stage 2: BatchNorm statistics re-estimated on 12 training images' in capsys.readouterr().out
     assert any(not torch.equal(held[k], start.state_dict()[k]) for k in held if k.startswith('front_end.encoder'))
     with pytest.raises(ValueError, match='hold_backbone_epochs holds a WAE model'):
