@@ -15,15 +15,19 @@ from ..models.cfg import IH_FUSIONS
 from . import REPO_ROOT, resolve
 from .stages import STAGES
 
-__all__ = ['Config', 'DataConfig', 'ModelConfig', 'StageConfig', 'DistillConfig', 'DebugConfig', 'load_config',
+__all__ = ['Config', 'DataConfig', 'STREAM_PREFIXES', 'check_dataset', 'ModelConfig', 'StageConfig', 'DistillConfig', 'DebugConfig', 'load_config',
            'read_yaml', 'from_dict', 'check_paths', 'resolve', 'REPO_ROOT']
 
 
 @dataclass
 class DataConfig:
     root: Optional[str] = '../shared/data/imagenette160'  # ImageFolder root of the two splits; None: synthetic
-    train_split: str = 'train'
-    val_split: str = 'val'
+    dataset: Optional[str] = None       # a timm dataset name (wds/NAME, hfds/NAME, hfids/NAME, tfds/NAME, torch/NAME)
+                                        # read by timm.data.create_dataset from root; None: the ImageFolder route
+    train_split: Optional[str] = None   # None: 'train'
+    val_split: Optional[str] = None     # None: 'val' for folders, 'validation' for a timm dataset (timm's default)
+    num_samples: Optional[int] = None   # a stream's images per epoch; None: the split's size from the dataset
+    repeats: float = 0.0                # timm's epoch repeats for the readers that use it (tfds, hfids)
     img_size: int = 128                 # training crop and eval crop (the WAE's input; IL is half)
     crop_pct: Optional[float] = None    # eval: resize to img_size / crop_pct, centre crop; None: model's
     interpolation: Optional[str] = None  # None: the model's data config (bicubic for resnets)
@@ -38,6 +42,10 @@ class DataConfig:
     cache_size: Optional[int] = None    # cached image side; None: floor(img_size / crop_pct)
     workers: int = 0                    # DataLoader worker processes per training process
     eval_batch_size: int = 128          # per process
+
+    def splits(self) -> Tuple[str, str]:
+        """(train, val) split names: folders default to train/val, timm's datasets to train/validation."""
+        return self.train_split or 'train', self.val_split or ('validation' if self.dataset else 'val')
 
 
 @dataclass
@@ -225,6 +233,7 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
             raise ValueError(f'model.front_end: {e}') from None
     if cfg.model.ih_fusion not in IH_FUSIONS:
         raise ValueError(f"unknown model.ih_fusion {cfg.model.ih_fusion!r}; expected 'branch' or 'stem'")
+    check_dataset(cfg)
     if cfg.distill.weight < 0 or cfg.distill.temperature <= 0:
         raise ValueError(f'distill.weight must be >= 0 and distill.temperature > 0, got {cfg.distill.weight} '
                          f'and {cfg.distill.temperature}')
@@ -240,11 +249,30 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
     return cfg
 
 
+STREAM_PREFIXES = ('wds', 'hfds', 'hfids', 'tfds', 'torch')  # timm.data.create_dataset's named datasets
+
+
+def check_dataset(cfg: Config) -> None:
+    """A timm dataset name has a known prefix and a class count (``model.num_classes``)."""
+    name = cfg.data.dataset
+    if not name:
+        return
+    if name.partition('/')[0].lower() not in STREAM_PREFIXES or '/' not in name:
+        raise ValueError(f'data.dataset={name!r}: expected one of timm\'s dataset names '
+                         f'({", ".join(p + "/NAME" for p in STREAM_PREFIXES)}); leave it empty for an ImageFolder')
+    if cfg.model.num_classes is None:
+        raise ValueError(f'data.dataset={name!r} has no class folders to count: set model.num_classes')
+
+
 def check_paths(cfg: Config) -> None:
     """Every path the config names exists (the data splits have class folders with images): one
     clear error before anything is built. ``timm-wae train`` calls it before launching."""
-    if cfg.data.root is not None:
-        for split in (cfg.data.train_split, cfg.data.val_split):
+    if cfg.data.dataset:
+        root = cfg.data.root
+        if root is not None and '://' not in root and not resolve(root).exists():
+            raise FileNotFoundError(f'data.root={root!r} (of data.dataset={cfg.data.dataset!r}) does not exist')
+    elif cfg.data.root is not None:
+        for split in cfg.data.splits():
             check_image_folder(resolve(cfg.data.root) / split)
     if cfg.init_from is not None and not resolve(cfg.init_from).exists():
         raise FileNotFoundError(f'init_from={cfg.init_from!r} does not exist')
