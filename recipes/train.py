@@ -47,7 +47,8 @@ from timm_wae.training.config import Config, load_config
 from timm_wae.training.data import (build_datasets, data_root, epoch_steps, loader_stats, model_data_config,
                                     start_epoch, train_loader)
 from timm_wae.training.progress import MetricsLog, Progress, add_step, train_line, validate
-from timm_wae.training.stages import STAGES, Objective, build_model, build_teacher, load_network, set_trainable
+from timm_wae.training.stages import (STAGES, Objective, batch_mixer, build_model, build_teacher, load_network,
+                                     set_trainable)
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -82,6 +83,10 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
                           (cfg.data.img_size, cfg.data.img_size), dc['interpolation'])
 
     loader = train_loader(train_set, stage_cfg.batch_size, cfg, accelerator)
+    mixer = batch_mixer(stage, stage_cfg, len(classes))
+    if mixer is not None and (stage_cfg.batch_size // accelerator.num_processes) % 2:
+        raise ValueError(f'stage{stage}: mixup/cutmix pair the images of a batch: the per-process batch '
+                         f'({stage_cfg.batch_size} / {accelerator.num_processes} processes) must be even')
     steps_per_epoch = min(epoch_steps(loader), stage_cfg.max_steps_per_epoch or math.inf)
     optimizer = create_optimizer_v2(model, opt=stage_cfg.opt, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay,
                                     momentum=stage_cfg.momentum)
@@ -146,7 +151,7 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
             if held and held[0].requires_grad == (progress.step < hold_steps):
                 for p in held:
                     p.requires_grad_(progress.step >= hold_steps)
-            out = objective(x, y)
+            out = objective(*(mixer(x, y) if mixer is not None else (x, y)))  # metrics: against the true labels
             if cfg.debug.nan_at_step == progress.step:
                 out['loss'] = out['loss'] * float('nan')
             loss = accelerator.reduce(out['loss'].detach().float(), 'mean').item()

@@ -106,5 +106,5 @@ def test_smoke_config_trains_from_shards_on_two_processes_and_its_model_loads(sh
     vals = [r for r in lines if r.get('split') == 'val']
     assert [r['stage'] for r in vals] == [1, 2, 2, 3] and all(r['images'] == 8 for r in vals)
     assert [r['step'] for r in lines if r.get('split') == 'train' and r['stage'] == 2][-1] == 12  # 2 epochs of 6
-    model = timm_wae.load_model(str(out / "stage3" / "model")).eval()
+    model = timm_wae.load_model(str(out / 'stage3' / 'model')).eval()
     assert model.num_classes == 3 and model(torch.randn(1, 3, 32, 32)).shape == (1, 3)

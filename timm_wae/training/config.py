@@ -88,6 +88,12 @@ class StageConfig:
     gamma: float = 0.0                  # stage 3: weight of Lt in Lc + γ·Lt
     energy_weight: float = 0.25         # stages 1, 3: λ in Lt = lr + λ·le, per-element means (the paper's λ = 1 on sums)
     train_front_end: bool = False       # stage 2: also train the WAE encoder, on Lc only
+    loss: str = 'ce'                    # classification loss: 'ce' (softmax cross-entropy) or 'bce' (timm's
+                                        # BinaryCrossEntropy, one sigmoid per class: ResNet strikes back)
+    smoothing: float = 0.0              # label smoothing (applied by mixup when it is on)
+    bce_target_thresh: Optional[float] = None  # bce: mixed targets at or above it become 1 (RSB: 0.2)
+    mixup: float = 0.0                  # mixup alpha (timm.data.Mixup); 0: off
+    cutmix: float = 0.0                 # cutmix alpha; with mixup too, each batch gets one of the two
     hold_backbone_epochs: float = 0.0   # a conversion's warm-up: for this many epochs only its new parts train
                                         # (front end, IH's layers, fusion head); the trained network is held
 
@@ -238,6 +244,8 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
         raise ValueError(f'distill.weight must be >= 0 and distill.temperature > 0, got {cfg.distill.weight} '
                          f'and {cfg.distill.temperature}')
     for s in cfg.stages:
+        if cfg.stage(s).loss not in ('ce', 'bce'):
+            raise ValueError(f"stage{s}.loss must be 'ce' or 'bce', got {cfg.stage(s).loss!r}")
         if STAGES[s].transform and not learns_wae:
             raise ValueError(f'stage {s} trains the WAE with the transform loss; model.type={cfg.model.type!r} '
                              f'front_end={cfg.model.front_end!r} has no WAE: use stages: [2]')
