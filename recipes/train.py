@@ -250,7 +250,7 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
         root = data_root(cfg)
     teacher = None
     if cfg.distill.teacher is not None and cfg.mode == 'train':  # load and check it before any training
-        n_classes = cfg.model.num_classes or len(find_classes(root / cfg.data.splits()[0])[0])
+        n_classes = cfg.model.num_classes if cfg.data.dataset else len(find_classes(root / cfg.data.splits()[0])[0])
         teacher = build_teacher(cfg, n_classes).to(accelerator.device)
         accelerator.print(f'distillation: teacher {cfg.distill.teacher} at {teacher.input_size} px, '
                           f'weight {cfg.distill.weight}, temperature {cfg.distill.temperature}')
