@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from torchvision.datasets.folder import find_classes
 from tqdm.auto import tqdm
 
@@ -44,9 +44,10 @@ from timm_wae.training import resolve
 from timm_wae.training.checkpoint import (TRAINER_STATE, load_checkpoint, load_init, save_checkpoint, save_model,
                                           write_json_atomic)
 from timm_wae.training.config import Config, load_config
-from timm_wae.training.data import build_datasets, data_root, loader_stats, model_data_config, train_loader
+from timm_wae.training.data import (build_datasets, data_root, epoch_steps, loader_stats, model_data_config,
+                                    start_epoch, train_loader)
 from timm_wae.training.progress import MetricsLog, Progress, add_step, train_line, validate
-from timm_wae.training.stages import (STAGES, Objective, build_model, build_teacher, load_network,
+from timm_wae.training.stages import (STAGES, Objective, batch_mixer, build_model, build_teacher, load_network,
                                      param_groups, recalibrate_batchnorm, set_trainable)
 
 class NonFiniteLossError(RuntimeError):
@@ -55,9 +56,9 @@ class NonFiniteLossError(RuntimeError):
 
 def first_batches(loader: DataLoader, images: int, cfg: Config, accelerator: Accelerator):
     """The first training batches of epoch 0 (at least ``images`` images over all processes), on the device."""
-    loader.batch_sampler.set_epoch(0)
+    start_epoch(loader, 0, 0)
     for i, (x, y) in enumerate(loader):
-        if i * loader.batch_sampler.batch_size >= images:
+        if i * len(x) * accelerator.num_processes >= images:
             break
         x = x.to(accelerator.device)
         yield (x.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else x), y.to(x.device)
@@ -92,7 +93,11 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
                           (cfg.data.img_size, cfg.data.img_size), dc['interpolation'])
 
     loader = train_loader(train_set, stage_cfg.batch_size, cfg, accelerator)
-    steps_per_epoch = min(loader.batch_sampler.batches_per_epoch, stage_cfg.max_steps_per_epoch or math.inf)
+    mixer = batch_mixer(stage, stage_cfg, len(classes))
+    if mixer is not None and (stage_cfg.batch_size // accelerator.num_processes) % 2:
+        raise ValueError(f'stage{stage}: mixup/cutmix pair the images of a batch: the per-process batch '
+                         f'({stage_cfg.batch_size} / {accelerator.num_processes} processes) must be even')
+    steps_per_epoch = min(epoch_steps(loader), stage_cfg.max_steps_per_epoch or math.inf)
     groups = param_groups(model, stage_cfg, cfg.model.backbone_from is not None)
     optimizer = create_optimizer_v2(groups, opt=stage_cfg.opt, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay,
                                     momentum=stage_cfg.momentum)
@@ -142,7 +147,7 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
 
     val = {}
     for epoch in range(progress.epoch, stage_cfg.epochs):
-        loader.batch_sampler.set_epoch(epoch, progress.batch)
+        start_epoch(loader, epoch, progress.batch)
         scheduler.step(epoch)
         objective.train()
         bar = tqdm(total=steps_per_epoch, initial=progress.batch, disable=not main, dynamic_ncols=True,
@@ -160,7 +165,7 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
             if held and held[0].requires_grad == (progress.step < hold_steps):
                 for p in held:
                     p.requires_grad_(progress.step >= hold_steps)
-            out = objective(x, y)
+            out = objective(*(mixer(x, y) if mixer is not None else (x, y)))  # metrics: against the true labels
             if cfg.debug.nan_at_step == progress.step:
                 out['loss'] = out['loss'] * float('nan')
             loss = accelerator.reduce(out['loss'].detach().float(), 'mean').item()
@@ -259,18 +264,30 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
         root = data_root(cfg)
     teacher = None
     if cfg.distill.teacher is not None and cfg.mode == 'train':  # load and check it before any training
-        teacher = build_teacher(cfg, len(find_classes(root / cfg.data.train_split)[0])).to(accelerator.device)
+        n_classes = cfg.model.num_classes if cfg.data.dataset else len(find_classes(root / cfg.data.splits()[0])[0])
+        teacher = build_teacher(cfg, n_classes).to(accelerator.device)
         accelerator.print(f'distillation: teacher {cfg.distill.teacher} at {teacher.input_size} px, '
                           f'weight {cfg.distill.weight}, temperature {cfg.distill.temperature}')
     # a lower-resolution student trains on crops at its teacher's size, resized down in the step
     train_size = max(cfg.data.img_size, *teacher.input_size) if teacher is not None else None
-    train_set, val_set, classes = build_datasets(cfg.data, root, dc, accelerator, train_size)
+    train_set, val_set, classes = build_datasets(cfg.data, root, dc, accelerator, train_size, cfg.seed)
+    if classes is None:  # a timm dataset that does not name its classes: model.num_classes (checked in the config)
+        classes = [str(i) for i in range(cfg.model.num_classes)]
     if cfg.model.num_classes not in (None, len(classes)):
-        raise ValueError(f'model.num_classes={cfg.model.num_classes} but {root} has {len(classes)} classes')
-    accelerator.print(f'data: {len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, '
-                      f'{cfg.data.img_size} px, cache={"on" if cfg.data.cache else "off"}')
-    val_loader = accelerator.prepare(DataLoader(val_set, batch_size=cfg.data.eval_batch_size,
-                                                num_workers=cfg.data.workers))
+        raise ValueError(f'model.num_classes={cfg.model.num_classes} but {cfg.data.dataset or root} has '
+                         f'{len(classes)} classes')
+    ignored = [f'data.{k}' for k in ('max_per_class', 'val_max_per_class', 'cache', 'cache_size')
+               if cfg.data.dataset and getattr(cfg.data, k)]
+    if ignored:
+        accelerator.print(f'note: {", ".join(ignored)} apply to ImageFolder roots, not to {cfg.data.dataset} '
+                          f'(a stream\'s epoch length is data.num_samples): ignored')
+    source = f'{cfg.data.dataset} from {root}' if cfg.data.dataset else f'cache={"on" if cfg.data.cache else "off"}'
+    n_val = getattr(getattr(val_set, 'reader', None), 'num_samples', None) or len(val_set)  # a stream: the split's
+    accelerator.print(f'data: {len(train_set)} train / {n_val} val images, {len(classes)} classes, '
+                      f'{cfg.data.img_size} px, {source}')
+    val_loader = DataLoader(val_set, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.workers)
+    if not isinstance(val_set, IterableDataset):  # a stream is sharded over the processes by its reader
+        val_loader = accelerator.prepare(val_loader)
 
     if cfg.mode == 'loader':  # the loader alone, to compare with the training step's images/s
         stats = loader_stats(train_set, cfg, accelerator)

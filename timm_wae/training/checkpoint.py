@@ -84,7 +84,7 @@ def save_model(model: nn.Module, folder: Path, cfg: 'Config', stage: int, classe
     tmp = folder.with_name(folder.name + '.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     card = dict(
-        name=f'{config_name} (stage {stage})', dataset=Path(cfg.data.root or 'synthetic').name,
+        name=f'{config_name} (stage {stage})', dataset=cfg.data.dataset or Path(cfg.data.root or 'synthetic').name,
         license=TAGS[tag].license if (tag := tag_of_data(cfg.data.root)) else 'apache-2.0',
         recipe=dict(config=config_name, stage=stage, stages=cfg.stages, model=asdict(cfg.model),
                     data=asdict(cfg.data), training=asdict(cfg.stage(stage)), seed=cfg.seed),

@@ -15,15 +15,19 @@ from ..models.cfg import IH_FUSIONS
 from . import REPO_ROOT, resolve
 from .stages import STAGES
 
-__all__ = ['Config', 'DataConfig', 'ModelConfig', 'StageConfig', 'DistillConfig', 'DebugConfig', 'load_config',
+__all__ = ['Config', 'DataConfig', 'STREAM_PREFIXES', 'check_dataset', 'ModelConfig', 'StageConfig', 'DistillConfig', 'DebugConfig', 'load_config',
            'read_yaml', 'from_dict', 'check_paths', 'resolve', 'REPO_ROOT']
 
 
 @dataclass
 class DataConfig:
     root: Optional[str] = '../shared/data/imagenette160'  # ImageFolder root of the two splits; None: synthetic
-    train_split: str = 'train'
-    val_split: str = 'val'
+    dataset: Optional[str] = None       # a timm dataset name (wds/NAME, hfds/NAME, hfids/NAME, tfds/NAME, torch/NAME)
+                                        # read by timm.data.create_dataset from root; None: the ImageFolder route
+    train_split: Optional[str] = None   # None: 'train'
+    val_split: Optional[str] = None     # None: 'val' for folders, 'validation' for a timm dataset (timm's default)
+    num_samples: Optional[int] = None   # a stream's images per epoch; None: the split's size from the dataset
+    repeats: float = 0.0                # timm's epoch repeats for the readers that use it (tfds, hfids)
     img_size: int = 128                 # training crop and eval crop (the WAE's input; IL is half)
     crop_pct: Optional[float] = None    # eval: resize to img_size / crop_pct, centre crop; None: model's
     interpolation: Optional[str] = None  # None: the model's data config (bicubic for resnets)
@@ -38,6 +42,10 @@ class DataConfig:
     cache_size: Optional[int] = None    # cached image side; None: floor(img_size / crop_pct)
     workers: int = 0                    # DataLoader worker processes per training process
     eval_batch_size: int = 128          # per process
+
+    def splits(self) -> Tuple[str, str]:
+        """(train, val) split names: folders default to train/val, timm's datasets to train/validation."""
+        return self.train_split or 'train', self.val_split or ('validation' if self.dataset else 'val')
 
 
 @dataclass
@@ -80,6 +88,12 @@ class StageConfig:
     gamma: float = 0.0                  # stage 3: weight of Lt in Lc + γ·Lt
     energy_weight: float = 0.25         # stages 1, 3: λ in Lt = lr + λ·le, per-element means (the paper's λ = 1 on sums)
     train_front_end: bool = False       # stage 2: also train the WAE encoder, on Lc only
+    loss: str = 'ce'                    # classification loss: 'ce' (softmax cross-entropy) or 'bce' (timm's
+                                        # BinaryCrossEntropy, one sigmoid per class: ResNet strikes back)
+    smoothing: float = 0.0              # label smoothing (applied by mixup when it is on)
+    bce_target_thresh: Optional[float] = None  # bce: mixed targets at or above it become 1 (RSB: 0.2)
+    mixup: float = 0.0                  # mixup alpha (timm.data.Mixup); 0: off
+    cutmix: float = 0.0                 # cutmix alpha; with mixup too, each batch gets one of the two
     hold_backbone_epochs: float = 0.0   # a conversion's warm-up: for this many epochs only its new parts train
                                         # (front end, IH's layers, fusion head); the trained network is held
     new_parts_lr_scale: float = 1.0     # a conversion: the lr of what the trained network lacked (front end, the
@@ -229,10 +243,13 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
             raise ValueError(f'model.front_end: {e}') from None
     if cfg.model.ih_fusion not in IH_FUSIONS:
         raise ValueError(f"unknown model.ih_fusion {cfg.model.ih_fusion!r}; expected 'branch' or 'stem'")
+    check_dataset(cfg)
     if cfg.distill.weight < 0 or cfg.distill.temperature <= 0:
         raise ValueError(f'distill.weight must be >= 0 and distill.temperature > 0, got {cfg.distill.weight} '
                          f'and {cfg.distill.temperature}')
     for s in cfg.stages:
+        if cfg.stage(s).loss not in ('ce', 'bce'):
+            raise ValueError(f"stage{s}.loss must be 'ce' or 'bce', got {cfg.stage(s).loss!r}")
         if STAGES[s].transform and not learns_wae:
             raise ValueError(f'stage {s} trains the WAE with the transform loss; model.type={cfg.model.type!r} '
                              f'front_end={cfg.model.front_end!r} has no WAE: use stages: [2]')
@@ -249,11 +266,30 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
     return cfg
 
 
+STREAM_PREFIXES = ('wds', 'hfds', 'hfids', 'tfds', 'torch')  # timm.data.create_dataset's named datasets
+
+
+def check_dataset(cfg: Config) -> None:
+    """A timm dataset name has a known prefix and a class count (``model.num_classes``)."""
+    name = cfg.data.dataset
+    if not name:
+        return
+    if name.partition('/')[0].lower() not in STREAM_PREFIXES or '/' not in name:
+        raise ValueError(f'data.dataset={name!r}: expected one of timm\'s dataset names '
+                         f'({", ".join(p + "/NAME" for p in STREAM_PREFIXES)}); leave it empty for an ImageFolder')
+    if cfg.model.num_classes is None:
+        raise ValueError(f'data.dataset={name!r} has no class folders to count: set model.num_classes')
+
+
 def check_paths(cfg: Config) -> None:
     """Every path the config names exists (the data splits have class folders with images): one
     clear error before anything is built. ``timm-wae train`` calls it before launching."""
-    if cfg.data.root is not None:
-        for split in (cfg.data.train_split, cfg.data.val_split):
+    if cfg.data.dataset:
+        root = cfg.data.root
+        if root is not None and '://' not in root and not resolve(root).exists():
+            raise FileNotFoundError(f'data.root={root!r} (of data.dataset={cfg.data.dataset!r}) does not exist')
+    elif cfg.data.root is not None:
+        for split in cfg.data.splits():
             check_image_folder(resolve(cfg.data.root) / split)
     if cfg.init_from is not None and not resolve(cfg.init_from).exists():
         raise FileNotFoundError(f'init_from={cfg.init_from!r} does not exist')

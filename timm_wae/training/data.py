@@ -1,4 +1,5 @@
-"""The training recipe's data: ImageFolder splits, fast on few CPU cores, and the run's datasets and loader.
+"""The training recipe's data: ImageFolder splits, fast on few CPU cores, timm's named datasets (WebDataset
+shards, Hugging Face datasets: ``timm.data.create_dataset``), and the run's datasets and loader.
 
 A decoded-image cache (``cached_image_folder``: every
 image decoded once into one uint8 array on disk, memory-mapped), augmentations that run on uint8
@@ -20,7 +21,7 @@ import numpy as np
 import timm.data
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 
 from ..evaluate import check_image_folder, per_class_subset
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ['image_folder', 'default_cache_dir', 'DecodedImageFolder', 'cached_image_folder', 'tensor_transform',
            'seeded_rng', 'SeededBatchSampler', 'SeededTransform', 'loader_throughput', 'dataset_classes',
-           'model_data_config', 'synthetic_image_folder', 'data_root', 'build_datasets', 'train_loader', 'loader_stats']
+           'model_data_config', 'synthetic_image_folder', 'data_root', 'TrainStream', 'timm_datasets', 'build_datasets',
+           'train_loader', 'epoch_steps', 'start_epoch', 'loader_stats']
 
 
 def image_folder(
@@ -314,37 +316,93 @@ def synthetic_image_folder(root: Path, per_class: int = 8, size: int = 40) -> Pa
     return root
 
 
-def data_root(cfg: 'Config') -> Path:
-    """The checked data root; None in the config makes the synthetic set under output_dir."""
+def data_root(cfg: 'Config') -> Optional[Path]:
+    """The checked data root; None in the config makes the synthetic set under output_dir (None for a timm
+    dataset that needs no root, e.g. a Hugging Face dataset from the Hub cache)."""
     check_paths(cfg)
-    if cfg.data.root is None:
+    if cfg.data.root is None and not cfg.data.dataset:
         return synthetic_image_folder(resolve(cfg.output_dir) / 'synthetic_data')
     return resolve(cfg.data.root)
 
 
-def build_datasets(cfg: 'DataConfig', root: Path, dc: Dict[str, Any], accelerator: 'Accelerator',
-                   train_size: Optional[int] = None):
-    """(train dataset keyed by (index, seed), val dataset, class names). ``train_size``: the training crops'
-    size when it is not the model's (a teacher's larger size; the student's step resizes them down)."""
-    train_size = train_size or cfg.img_size
+class TrainStream:
+    """The training split of a timm iterable dataset (wds/, hfids/, tfds/), made for each stage's loader: the
+    reader rounds every worker's share of an epoch to that stage's per-process batch. ``len``: images per epoch."""
 
+    def __init__(self, cfg: 'DataConfig', root: Optional[Path], split: str, transform: Callable, seed: int):
+        self.cfg, self.root, self.split, self.transform, self.seed = cfg, root, split, transform, seed
+        self.num_samples = getattr(self.make(1).reader, 'num_samples', 0)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def make(self, batch_size: int, num_processes: int = 1) -> IterableDataset:
+        ds = _create_dataset(self.cfg, self.root, self.split, is_training=True, batch_size=batch_size,
+                             seed=self.seed, repeats=self.cfg.repeats, num_samples=self.cfg.num_samples,
+                             transform=self.transform)
+        shards = getattr(getattr(ds.reader, 'split_info', None), 'filenames', None)
+        readers = num_processes * max(self.cfg.workers, 1)
+        if shards is not None and len(shards) < readers:  # timm gives each (process, worker) whole shards
+            raise ValueError(f'data.dataset={self.cfg.dataset!r} split {self.split!r} has {len(shards)} shard(s) '
+                             f'for {num_processes} process(es) x {max(self.cfg.workers, 1)} loader worker(s): '
+                             f'every reader needs at least one shard (write more shards or lower data.workers)')
+        ds.set_loader_cfg(num_workers=self.cfg.workers)
+        return ds
+
+
+def _create_dataset(cfg: 'DataConfig', root: Optional[Path], split: str, **kwargs) -> Dataset:
+    return timm.data.create_dataset(cfg.dataset, root=None if root is None else str(root), split=split, **kwargs)
+
+
+def timm_datasets(cfg: 'DataConfig', root: Optional[Path], train_tf: Callable, val_tf: Callable, seed: int):
+    """(train, val, class names) of a timm dataset. A map-style one (hfds/, torch/) takes the folder route's
+    seeded sampler (exact resume); an iterable one (a stream) shards itself over processes and loader workers
+    as timm's readers do, and its training split is a ``TrainStream``."""
+    train_split, val_split = cfg.splits()
+    val = _create_dataset(cfg, root, val_split, is_training=False, batch_size=cfg.eval_batch_size, transform=val_tf)
+    if isinstance(val, IterableDataset):
+        val.set_loader_cfg(num_workers=cfg.workers)
+        train = TrainStream(cfg, root, train_split, train_tf, seed)
+    else:
+        train = SeededTransform(_create_dataset(cfg, root, train_split, is_training=True), train_tf)
+    return train, val, _class_names(val)
+
+
+def _class_names(dataset: Dataset) -> Optional[List[str]]:
+    """A timm dataset's class names where it knows them (torchvision's ``classes``, a reader's class map)."""
+    if getattr(dataset, 'classes', None):
+        return list(dataset.classes)
+    to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None) or {}
+    return [c for c, _ in sorted(to_idx.items(), key=lambda kv: kv[1])] or None
+
+
+def build_datasets(cfg: 'DataConfig', root: Optional[Path], dc: Dict[str, Any], accelerator: 'Accelerator',
+                   train_size: Optional[int] = None, seed: int = 0):
+    """(train dataset keyed by (index, seed) or a ``TrainStream``, val dataset, class names; None: a timm dataset
+    that does not name its classes). ``train_size``: the training crops' size when it is not the model's (a
+    teacher's larger size; the student's step resizes them down)."""
+    train_size = train_size or cfg.img_size
+    train_split, val_split = cfg.splits()
     val_max = cfg.val_max_per_class if cfg.val_max_per_class is not None else cfg.max_per_class
     aug = dict(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
                interpolation=dc['interpolation'], mean=dc['mean'], std=dc['std'])
+    if cfg.dataset:
+        train_tf = timm.data.create_transform((3, train_size, train_size), is_training=True, **aug)
+        return timm_datasets(cfg, root, train_tf, timm.data.create_transform(**dc, is_training=False), seed)
     if cfg.cache:
         size = cfg.cache_size or math.floor(cfg.img_size / dc['crop_pct'])
         cache = dict(size=size, cache_dir=resolve(cfg.cache_dir), interpolation=dc['interpolation'],
                      workers=cfg.workers)
         with accelerator.main_process_first():  # the main process decodes, the others then read
-            train = cached_image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class, **dict(
+            train = cached_image_folder(root / train_split, max_per_class=cfg.max_per_class, **dict(
                 cache, size=cfg.cache_size or math.floor(train_size / dc['crop_pct'])))
-            val = cached_image_folder(root / cfg.val_split, max_per_class=val_max, **cache,
+            val = cached_image_folder(root / val_split, max_per_class=val_max, **cache,
                                       transform=tensor_transform(cfg.img_size, False, crop_pct=dc['crop_pct'], **{
                                           k: aug[k] for k in ('interpolation', 'mean', 'std')}))
         train_tf = tensor_transform(train_size, True, **aug)
     else:
-        train = image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class)
-        val = image_folder(root / cfg.val_split, max_per_class=val_max,
+        train = image_folder(root / train_split, max_per_class=cfg.max_per_class)
+        val = image_folder(root / val_split, max_per_class=val_max,
                            transform=timm.data.create_transform(**dc, is_training=False))
         train_tf = timm.data.create_transform((3, train_size, train_size), is_training=True, **aug)
     if dataset_classes(train) != dataset_classes(val):
@@ -353,11 +411,32 @@ def build_datasets(cfg: 'DataConfig', root: Path, dc: Dict[str, Any], accelerato
 
 
 def train_loader(dataset, batch_size: int, cfg: 'Config', accelerator: 'Accelerator') -> DataLoader:
+    """The training loader: the seeded sampler over a map-style dataset, or a stream made for this batch."""
+    common = dict(num_workers=cfg.data.workers, persistent_workers=cfg.data.workers > 0,
+                  pin_memory=accelerator.device.type == 'cuda', generator=torch.Generator().manual_seed(cfg.seed))
+    if isinstance(dataset, TrainStream):
+        if batch_size % accelerator.num_processes:
+            raise ValueError(f'batch size {batch_size} is not divisible by {accelerator.num_processes} processes')
+        local = batch_size // accelerator.num_processes
+        return DataLoader(dataset.make(local, accelerator.num_processes), batch_size=local, drop_last=True, **common)
     sampler = SeededBatchSampler(len(dataset), batch_size, seed=cfg.seed, rank=accelerator.process_index,
                                  world_size=accelerator.num_processes)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
-                      persistent_workers=cfg.data.workers > 0, pin_memory=accelerator.device.type == 'cuda',
-                      generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
+    return DataLoader(dataset, batch_sampler=sampler, **common)  # the generator keeps the global RNG untouched
+
+
+def epoch_steps(loader: DataLoader) -> int:
+    """Batches in one epoch of a training loader."""
+    sampler = loader.batch_sampler
+    return sampler.batches_per_epoch if isinstance(sampler, SeededBatchSampler) else len(loader)
+
+
+def start_epoch(loader: DataLoader, epoch: int, start_batch: int) -> None:
+    """Set the epoch (a stream's shard order follows it) and, for the seeded sampler, skip ``start_batch``
+    batches (exact mid-epoch resume). A stream cannot seek: the train loop ends its epoch after the steps left."""
+    if isinstance(loader.batch_sampler, SeededBatchSampler):
+        loader.batch_sampler.set_epoch(epoch, start_batch)
+    else:
+        loader.dataset.set_epoch(epoch)
 
 
 def loader_stats(dataset, cfg: 'Config', accelerator: 'Accelerator') -> Dict[str, Any]:

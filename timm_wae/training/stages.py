@@ -1,9 +1,12 @@
 """The objective: the table of stages (what each trains, its losses), the model a run trains, and the loss
 module that ``accelerator.prepare`` wraps (DDP must see the forward that uses every trained parameter)."""
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Tuple
 
 import timm
+import timm.data
+import timm.loss
 import torch
 from timm.optim import param_groups_weight_decay
 import torch.nn.functional as F
@@ -20,8 +23,8 @@ from . import resolve
 if TYPE_CHECKING:
     from .config import Config, DistillConfig, ModelConfig, StageConfig
 
-__all__ = ['Stage', 'STAGES', 'load_network', 'build_model', 'build_teacher', 'set_trainable', 'Objective',
-           'recalibrate_batchnorm', 'param_groups']
+__all__ = ['Stage', 'STAGES', 'load_network', 'build_model', 'build_teacher', 'set_trainable', 'criterion',
+           'batch_mixer', 'Objective', 'recalibrate_batchnorm', 'param_groups']
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,24 @@ def set_trainable(model: nn.Module, stage: int, stage_cfg: 'StageConfig') -> boo
     return False
 
 
+def criterion(stage_cfg: 'StageConfig') -> Callable[[Tensor, Tensor], Tensor]:
+    """The classification loss of a stage, for class indices or mixup's soft targets. With mixup the smoothing
+    is in the targets (``batch_mixer``), not in the loss."""
+    mixing = stage_cfg.mixup > 0 or stage_cfg.cutmix > 0
+    smoothing = 0. if mixing else stage_cfg.smoothing
+    if stage_cfg.loss == 'bce':
+        return timm.loss.BinaryCrossEntropy(smoothing=smoothing, target_threshold=stage_cfg.bce_target_thresh)
+    return partial(F.cross_entropy, label_smoothing=smoothing)
+
+
+def batch_mixer(stage: int, stage_cfg: 'StageConfig', num_classes: int) -> Optional[timm.data.Mixup]:
+    """timm's mixup/cutmix for a classification stage (it returns soft targets), or None."""
+    if not STAGES[stage].classify or (stage_cfg.mixup <= 0 and stage_cfg.cutmix <= 0):
+        return None
+    return timm.data.Mixup(mixup_alpha=stage_cfg.mixup, cutmix_alpha=stage_cfg.cutmix,
+                           label_smoothing=stage_cfg.smoothing, num_classes=num_classes)
+
+
 class Objective(nn.Module):
     """One stage's loss as a module: DDP must see the forward that uses the trained parameters."""
 
@@ -121,6 +142,7 @@ class Objective(nn.Module):
         self._teacher = (teacher,) if self.stage.classify and teacher is not None else ()
         self.distill_weight = distill.weight if distill else 0.
         self.kd = DistillationLoss(distill.temperature if distill else 1.)
+        self.criterion = criterion(stage_cfg)
 
     def _distill(self, out: Dict[str, Tensor], x: Tensor) -> Dict[str, Tensor]:
         """Add weight·KD(final logits, the teacher's) to the loss."""
@@ -138,6 +160,7 @@ class Objective(nn.Module):
         return self
 
     def forward(self, x_full: Tensor, y: Tensor) -> Dict[str, Tensor]:
+        """The stage's losses; ``y``: class indices, or mixup's soft targets [B, classes]."""
         m, x = self.model, x_full
         if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode=self.interpolation, antialias=True, align_corners=False)
@@ -147,10 +170,10 @@ class Objective(nn.Module):
             return {'loss': t.loss, 'lt_recon': t.recon, 'lt_energy': t.energy}
         if not is_wae_model(m):  # plain timm model
             logits = m(x)
-            lc = F.cross_entropy(logits, y)
+            lc = self.criterion(logits, y)
             return self._distill({'loss': lc, 'lc': lc, 'logits': logits}, x_full)
         out = m.forward_train(x, reconstruct=self.stage.transform)
-        lc = m.classification_loss(out, y)
+        lc = m.classification_loss(out, y, self.criterion)
         if not self.stage.transform:
             return self._distill({'loss': lc, 'lc': lc, 'logits': out.logits}, x_full)
         t = self.transform_loss(x, out.recon, out.high)
