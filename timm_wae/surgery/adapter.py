@@ -215,9 +215,37 @@ class ClassifierAdapter(nn.Module):
                                       f'gradient checkpointing')
 
 
-def adapt_classifier(network: nn.Module, architecture: Optional[str] = None, **kwargs: Any) -> nn.Module:
-    """The network itself when it has timm's contract, else a ClassifierAdapter over it (sharing its modules)."""
-    return network if has_timm_contract(network) else ClassifierAdapter(network, architecture, **kwargs)
+def torchvision_builder(network: nn.Module) -> Optional[str]:
+    """The torchvision builder that makes ``network``'s layers (same class, same weights' names and shapes but the
+    classifier's classes; built on the meta device), or None: what config.json records to rebuild it."""
+    import torchvision.models
+    if not type(network).__module__.startswith('torchvision.models'):
+        return None
+    shapes = {k: v.shape for k, v in network.state_dict().items()}
+    for name in torchvision.models.list_models(module=torchvision.models):
+        builder = torchvision.models.get_model_builder(name)
+        if builder.__module__ != type(network).__module__:
+            continue
+        with torch.device('meta'):
+            candidate = builder()
+        if type(candidate) is not type(network):
+            continue
+        theirs = {k: v.shape for k, v in candidate.state_dict().items()}
+        differ = [k for k in shapes if theirs.get(k) != shapes[k]]
+        if theirs.keys() == shapes.keys() and len({shapes[k][0] for k in differ}) <= 1 and all(
+                theirs[k][1:] == shapes[k][1:] for k in differ):
+            return name  # the same but the classifiers' classes
+    return None
+
+
+def adapt_classifier(network: nn.Module) -> nn.Module:
+    """The network itself when it has timm's contract, else a ClassifierAdapter over it (sharing its modules),
+    named by its torchvision builder where it has one."""
+    if has_timm_contract(network):
+        return network
+    name = torchvision_builder(network)
+    cfg = _torchvision_cfg(name) if name else {}
+    return ClassifierAdapter(network, name and f'{TORCHVISION_PREFIX}{name}', cfg.get('input_size'), cfg)
 
 
 def _torchvision_cfg(name: str) -> Dict[str, Any]:
