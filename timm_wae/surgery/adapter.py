@@ -11,7 +11,8 @@ it that still has more than one position (NCHW maps, [B, N, C] tokens); the body
 GraphModules running the network's own ops, so ``head(body(x))`` is the network's output exactly. A network that
 cannot be cut this way is refused with a ShrinkError naming the layer.
 """
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.fx
@@ -260,9 +261,11 @@ def _torchvision_cfg(name: str) -> Dict[str, Any]:
                 interpolation=t.interpolation.value)
 
 
-def create_torchvision(spec: str, pretrained: bool = False, **kwargs: Any) -> ClassifierAdapter:
+def create_torchvision(spec: str, pretrained: bool = False, weights_file: Optional[Union[str, Path]] = None,
+                       **kwargs: Any) -> ClassifierAdapter:
     """``torchvision:resnet50`` (random weights), ``torchvision:resnet50.IMAGENET1K_V2`` (with ``pretrained``:
-    those weights, downloaded by torchvision) as an adapted classifier; ``kwargs`` go to the builder."""
+    those weights, downloaded by torchvision) as an adapted classifier; ``weights_file``: the network's own
+    state_dict (checked strictly); ``kwargs`` go to the builder."""
     import torchvision.models
     name, _, tag = spec[len(TORCHVISION_PREFIX):].partition('.')
     if name not in torchvision.models.list_models(module=torchvision.models):
@@ -283,5 +286,8 @@ def create_torchvision(spec: str, pretrained: bool = False, **kwargs: Any) -> Cl
         raise OSError(f'{spec!r}: torchvision could not download {weights} ({first_line(e)}). Offline, save the '
                       f"network's state_dict where it can be downloaded and give that file with model.backbone="
                       f'{TORCHVISION_PREFIX}{name}') from e
+    if weights_file is not None:
+        from ..weights import load_weights
+        load_weights(network, weights_file)
     cfg = _torchvision_cfg(name)
     return ClassifierAdapter(network, f'{TORCHVISION_PREFIX}{name}', cfg.get('input_size'), cfg)
