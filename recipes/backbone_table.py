@@ -230,8 +230,12 @@ def main() -> None:
     if args.write_readme:
         write_readme(text, root / 'README.md')
     if args.write_doc:
+        sizes = [f'- {name}: ' + '; '.join(f'{mode}: {r[mode][1]}' for mode in MODES if r[mode][0] == 'runs')
+                 for name, r in sorted(results.items()) if any(r[mode][0] == 'runs' for mode in MODES)]
         (root / TORCHVISION_DOC).write_text(TORCHVISION_HEADER.format(
-            date=time.strftime('%Y-%m-%d'), machine=platform.processor() or platform.machine()) + text)
+            date=time.strftime('%Y-%m-%d'), machine=platform.processor() or platform.machine()) + text +
+            '\nWhat runs, at which image size (a network with a fixed grid, as ViT and MaxViT, runs on IL at its own '
+            'size: the WAE model then takes images of twice that side):\n\n' + '\n'.join(sizes) + '\n')
 
 
 if __name__ == '__main__':

@@ -156,3 +156,14 @@ def test_a_torchvision_state_dict_file_converts(tmp_path):
             assert ((model(x) - ref).norm() / ref.norm()).item() <= 1e-4
     with pytest.raises(ValueError, match='do not fit'):
         load_network(str(tmp_path / 'r18.pth'), 'torchvision:resnet34', 10, 'model.backbone_from')
+
+
+def test_convert_accepts_a_torchvision_name_with_its_weights(tmp_path, capsys):
+    from PIL import Image
+    from timm_wae_cli import main
+    for split in ('train', 'val'):
+        (tmp_path / split / 'a').mkdir(parents=True)
+        Image.new('RGB', (8, 8)).save(tmp_path / split / 'a' / 'x.png')
+    spec = 'torchvision:resnet50.IMAGENET1K_V2'
+    assert main(['convert', spec, '--data', str(tmp_path), '--output-dir', str(tmp_path / 'out'), '--dry-run']) == 0
+    assert f'model.backbone_from={spec} distill.teacher={spec}' in capsys.readouterr().err
