@@ -262,7 +262,7 @@ def test_bad_images_fail_before_any_convolution(shape, error, message):
 
 
 def test_bad_backbones_and_widths_are_refused_by_name():
-    with pytest.raises(TypeError, match='forward_features'):
+    with pytest.raises(ShrinkError, match=r"'0' \(Conv2d\), is not a classifier"):
         WAEWrapper(nn.Sequential(nn.Conv2d(3, 8, 3)))
     for bad in (0, -4, 2.5):
         with pytest.raises(ValueError, match='width_divisor must be a positive integer'):

@@ -101,6 +101,9 @@ def load_model(spec: str, pretrained: bool = True, **kwargs: Any) -> nn.Module:
     """The model ``spec`` names, with its weights unless ``pretrained=False`` (a folder's file, the Hub's, or
     timm's for a tagged name); ``kwargs`` go to ``timm.create_model``. Offline, a Hub download fails at once."""
     from .hub import before_download, offline_overlay, translate_hub_errors
+    from .surgery.adapter import TORCHVISION_PREFIX, create_torchvision
+    if spec.startswith(TORCHVISION_PREFIX):  # torchvision:resnet50.IMAGENET1K_V2, adapted to timm's contract
+        return create_torchvision(spec, pretrained, **kwargs)
     resolved = resolve_spec(spec)
     if resolved.kind == 'folder':
         return _load_folder(Path(resolved.name), pretrained, **kwargs)

@@ -215,6 +215,11 @@ def save_pretrained(
     model_args = None
     if is_wae_model(model) and model.pretrained_cfg.get('architecture') == 'wae':
         model_args = model.model_args
+        backbone = model_args['backbone']
+        if not (timm.is_model(backbone) or backbone.startswith('torchvision:')):
+            raise ValueError(f'config.json cannot record how to build the backbone {backbone!r} (a module that is '
+                             f'neither a timm model nor made by a torchvision builder): save the model\'s state_dict '
+                             f'(safetensors.torch.save_file) and rebuild it with WAEWrapper around your module')
     save_for_hf(model, folder, model_config={'pretrained_cfg': dict(pretrained_cfg or {})}, model_args=model_args,
                 safe_serialization=True, data_config=data_config)
     (folder / WEIGHTS_NAME).chmod(0o644)  # safetensors writes 0600; a model is meant to be shared

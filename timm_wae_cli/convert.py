@@ -16,11 +16,13 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
                     '(its output is the network\'s on the 2x2-pooled image), then fine-tunes it on DIR with '
                     'distillation from NETWORK at full resolution (recipes/configs/convert.yaml; key=value '
                     'overrides as for train). NETWORK: a model folder, a timm name with its pretrained tag, '
-                    'an hf-hub: id, or a .safetensors file (then pass model.backbone=ARCH).',
+                    'a torchvision model with its weights (torchvision:resnet50.IMAGENET1K_V2), an hf-hub: id, or a '
+                    'state_dict file, .safetensors or .pth (then pass model.backbone=ARCH, e.g. torchvision:resnet50).',
         examples=['timm-wae convert runs/pareto/lowres128_s0/stage2/model --data ../shared/data/imagenette160 '
                   '--output-dir runs/convert/resnet18 --img-size 160',
                   'timm-wae convert resnet50.a1_in1k --data imagenet/ --output-dir runs/convert/r50 '
-                  'model.front_end=wae4 stage2.epochs=1'])
+                  'model.front_end=wae4 stage2.epochs=1',
+                  'timm-wae convert r50.pth --data imagenet/ --output-dir runs/convert/tv_r50 model.backbone=torchvision:resnet50'])
     p.add_argument('network', metavar='NETWORK')
     p.add_argument('--data', required=True, metavar='DIR', help='an image folder with train/ and val/ class folders')
     p.add_argument('--output-dir', required=True, metavar='OUT')

@@ -16,6 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
 from .._compat import drop_legacy_args
 from ..pretrained import MODELS
 from ..surgery import ceil_mode_pooling, released_vgg
+from ..surgery.adapter import TORCHVISION_PREFIX
 from .cfg import has_fusion_head, layer_names, pool_size, tag_cfgs, wae_cfg
 from .wae import WAEWrapper
 
@@ -81,6 +82,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> WAEWrapper
     with translate_hub_errors(tagged_name(variant, kwargs) if pretrained else variant):
         model = build_model_with_cfg(model_fn, variant, pretrained, pretrained_strict=True,
                                      pretrained_filter_fn=check_pretrained, **kwargs)
+    if variant == 'wae' and str(kwargs['backbone']).startswith(TORCHVISION_PREFIX):  # not in timm's cfgs: the adapter's names
+        model.pretrained_cfg = dict(model.pretrained_cfg, **layer_names(model.backbone.pretrained_cfg, front_end,
+                                                                        fusion_head))
     image = getattr(model, 'pretrained_cfg', {}).get('input_size', (3, 224, 224))
     if variant == 'wae' and [-(-s // 2) for s in image[1:]] in getattr(model, 'failed_il_sizes', ()):
         # HRNet, DLA at 224 px: a size it runs at

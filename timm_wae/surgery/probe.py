@@ -137,10 +137,17 @@ def check_runs(model: nn.Module, x: torch.Tensor, expected: Optional[Tuple[int, 
 def fit_backbone(backbone: Union[str, nn.Module], backbone_kwargs: Dict[str, Any], num_classes: Optional[int],
                  in_chans: int, reduction: int, pretrained: bool = False
                  ) -> Tuple[nn.Module, Tuple[int, int], str, List[str], List[List[int]]]:
-    """The backbone (a timm name, built with ``backbone_kwargs`` and ``num_classes``, or a copy of a module) built
+    """The backbone (a timm name or ``torchvision:NAME``, built with ``backbone_kwargs`` and ``num_classes``, or a
+    copy of a module, adapted when it has no timm contract: ``adapter.py``) built
     for an IL size it runs at: (backbone, IL size, feature layout, the convs that read its input, the IL sizes it
     did not run at). A fixed token grid (ViT, Swin) is rebuilt for each size tried; ShrinkError when none runs."""
-    if isinstance(backbone, str):
+    from .adapter import TORCHVISION_PREFIX, adapt_classifier, create_torchvision
+    if isinstance(backbone, str) and backbone.startswith(TORCHVISION_PREFIX):
+        if num_classes is not None:
+            backbone_kwargs['num_classes'] = num_classes
+        given = backbone = create_torchvision(backbone, pretrained, **backbone_kwargs)
+        make = lambda il_size: given  # noqa: E731
+    elif isinstance(backbone, str):
         if num_classes is not None:
             backbone_kwargs['num_classes'] = num_classes
         name, inner = backbone, timm.models.get_pretrained_cfg(backbone)
@@ -164,13 +171,9 @@ def fit_backbone(backbone: Union[str, nn.Module], backbone_kwargs: Dict[str, Any
     elif not isinstance(backbone, nn.Module):
         raise TypeError(f'backbone must be a timm model name or nn.Module, got {type(backbone).__name__}')
     else:
-        given = backbone = copy.deepcopy(backbone)  # the caller's network stays as it was, and still runs
+        # the caller's network stays as it was, and still runs; without timm's contract, cut before its head
+        given = backbone = adapt_classifier(copy.deepcopy(backbone))
         make = lambda il_size: given  # noqa: E731
-    for method in ('forward_features', 'forward_head', 'reset_classifier'):
-        if not callable(getattr(backbone, method, None)):
-            raise TypeError(
-                f'backbone {model_name(backbone)!r} has no {method}(): WAEWrapper needs a timm-style '
-                f'classifier (forward_features, forward_head, reset_classifier)')
     if num_classes is not None and num_classes != backbone.num_classes:
         backbone.reset_classifier(num_classes)
     grid = getattr(getattr(backbone, 'patch_embed', None), 'img_size', None)

@@ -295,6 +295,7 @@ def check_paths(cfg: Config) -> None:
         raise FileNotFoundError(f'init_from={cfg.init_from!r} does not exist')
     spec = cfg.model.backbone_from  # a path, or a model name / hf-hub: id to load
     if spec is not None and not resolve(spec).exists() and not (
-            spec.startswith('hf-hub:') or timm.is_model(spec.split('.')[0])):
+            spec.startswith(('hf-hub:', 'torchvision:')) or timm.is_model(spec.split('.')[0])):
         raise FileNotFoundError(f'model.backbone_from={spec!r} does not exist, and is not a timm model name '
-                                f'(resnet50.a1_in1k) or an hf-hub: id')
+                                f'(resnet50.a1_in1k), a torchvision one (torchvision:resnet50.IMAGENET1K_V2) or an '
+                                f'hf-hub: id')

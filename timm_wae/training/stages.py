@@ -17,6 +17,7 @@ from ..front_ends import TransformLoss
 from ..model_spec import load_model
 from ..models import WAEWrapper
 from ..models.wae import is_wae_model
+from ..surgery.adapter import TORCHVISION_PREFIX, create_torchvision
 from ..weights import load_weights
 from . import resolve
 
@@ -42,18 +43,24 @@ STAGES: Dict[int, Stage] = {
 }
 
 
+WEIGHTS_FILES = ('.safetensors', '.pth', '.pt')  # a bare state_dict (torch.load with weights_only=True)
+
+
 def load_network(spec: str, arch: Optional[str], num_classes: Optional[int], what: str) -> nn.Module:
     """A trained network with its weights: a model folder, a registered name (with its pretrained tag),
-    an hf-hub: id, or a .safetensors file of ``arch``; checked against ``arch`` and the classes (None:
+    ``torchvision:NAME.WEIGHTS``, an hf-hub: id, or a state_dict file (.safetensors, .pth) of ``arch``; checked against ``arch`` and the classes (None:
     any)."""
     local = resolve(spec)
-    if local.suffix == '.safetensors':
+    if local.suffix in WEIGHTS_FILES:
         if arch is None:
             raise ValueError(f'{what}={spec!r} is a weights file: name its architecture (model.backbone)')
         if not local.is_file():
             raise FileNotFoundError(f'{what}={spec!r} does not exist')
-        model = timm.create_model(arch, **({} if num_classes is None else dict(num_classes=num_classes)))
-        model = load_weights(model, local)
+        kwargs = {} if num_classes is None else dict(num_classes=num_classes)
+        if arch.startswith(TORCHVISION_PREFIX):  # a torchvision network's own state_dict
+            model = create_torchvision(arch, weights_file=local, **kwargs)
+        else:
+            model = load_weights(timm.create_model(arch, **kwargs), local)
     else:
         model = load_model(str(local) if local.exists() else spec, pretrained=True)
     found = model.pretrained_cfg.get('architecture')
@@ -82,7 +89,7 @@ def build_teacher(cfg: 'Config', num_classes: int) -> Teacher:
     """The distillation teacher, checked against the data's classes: a model folder or name (at its own input
     size), or a weights file of the backbone's architecture (a converted network's own file, seeing the full
     image)."""
-    if cfg.distill.teacher.endswith('.safetensors'):
+    if resolve(cfg.distill.teacher).suffix in WEIGHTS_FILES:
         network = load_network(cfg.distill.teacher, cfg.model.backbone, num_classes, 'distill.teacher')
         return Teacher(network, (cfg.data.img_size, cfg.data.img_size))
     local = resolve(cfg.distill.teacher)
