@@ -121,6 +121,9 @@ def offline_overlay(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     or load the cached file without the Hub client's retries."""
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                  pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+    if cfg.get('source') == 'local-dir':  # timm's local-dir: door gives the folder
+        check_weights_file(cfg['file'], folder=True)
+        return kwargs
     if cfg.get('file'):  # the local-file route: a file timm's loader would misread is named here
         check_weights_file(cfg['file'])
         return kwargs
