@@ -48,7 +48,12 @@ def main() -> None:
 
     model = timm.utils.reparameterize_model(load_model(args.model, pretrained=args.pretrained).eval())
     size = tuple(timm.data.resolve_model_data_config(model)['input_size'])
-    work = Path(tempfile.mkdtemp(prefix='timm_wae_int8_'))
+    with tempfile.TemporaryDirectory(prefix='timm_wae_int8_') as tmp:  # the ONNX files go with it
+        measure(args, model, size, Path(tmp))
+
+
+def measure(args: argparse.Namespace, model: torch.nn.Module, size: tuple, work: Path) -> None:
+    """Export, quantize, score and time the forms of ``model``; ``work`` holds their ONNX files."""
     calibration = calibration_batches(model, Path(args.data) / 'train', args.calib, size)
     forms = {'pytorch fp32': model,
              'onnxruntime fp32': onnx_runtime_model(model, work / 'fp32.onnx', size, args.threads, like=model),

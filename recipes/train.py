@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from timm.optim import create_optimizer_v2
@@ -41,9 +40,10 @@ from timm_wae.distill import Teacher
 from timm_wae.hub import push_to_hub
 from timm_wae.models.wae import is_wae_model
 from timm_wae.training import resolve
-from timm_wae.training.checkpoint import (TRAINER_STATE, load_checkpoint, load_init, save_checkpoint, save_model,
-                                          write_json_atomic)
-from timm_wae.training.config import Config, load_config
+from timm_wae.evaluate import UnreadableImageError
+from timm_wae.training.checkpoint import (TRAINER_STATE, load_checkpoint, load_init, record_config, save_checkpoint,
+                                          save_model, write_json_atomic)
+from timm_wae.training.config import Config, check_output_dir, load_config
 from timm_wae.training.data import (build_datasets, data_root, epoch_steps, loader_stats, model_data_config,
                                     start_epoch, train_loader)
 from timm_wae.training.progress import MetricsLog, Progress, add_step, train_line, validate
@@ -251,10 +251,11 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
     if log.size() and not cfg.resume and cfg.mode == 'train':  # every process sees the file: all stop
         raise SystemExit(f'{out_dir} already has a run (metrics.jsonl); pass resume=true to continue it '
                          f'or choose another output_dir')
+    check_output_dir(cfg.output_dir)  # every process: none may wait for a main process that failed
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / 'config.yaml').write_text(yaml.safe_dump(json.loads(json.dumps(asdict(cfg))), sort_keys=False))
     accelerator.wait_for_everyone()
+    record_config(out_dir, json.loads(json.dumps(asdict(cfg))), cfg.resume, write=accelerator.is_main_process)
 
     # the data pipeline follows the model's timm data config (mean, std, interpolation, crop)
     probe = build_model(replace(cfg.model, backbone_from=None), cfg.model.num_classes or 2)  # no weights needed
@@ -331,6 +332,9 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
 if __name__ == '__main__':
     try:
         sys.exit(main(sys.argv[1:]))
-    except (ValueError, FileNotFoundError) as e:  # configuration and data problems: one line, no traceback
-        print(f'error: {e}', file=sys.stderr)
+    except (ValueError, FileNotFoundError, UnreadableImageError) as e:  # configuration, data, checkpoint problems:
+        message = str(e).strip()                                        # one line, no traceback
+        if 'Original Traceback' in message:  # raised in a DataLoader worker: the original error is the last line
+            message = message.splitlines()[-1]
+        print(f'error: {message}', file=sys.stderr)
         sys.exit(2)

@@ -597,3 +597,35 @@ def test_bench_times_deployed_forms_and_the_backbone_at_equal_macs(data, tmp_pat
     assert 'vs same MACs' in capsys.readouterr().out
     assert cli.main(['bench', 'wae2_resnet18', '--paths', 'onnx', '--dtypes', 'bf16']) == 2
     assert '--paths onnx times ONNX Runtime on the CPU (fp32 input)' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('cache', ['true', 'false'])
+def test_train_on_a_truncated_jpeg_names_the_file_once_without_a_traceback(cache, tmp_path):
+    """The recipe through `timm-wae train` on an ImageFolder holding a truncated JPEG: the run stops with the
+    recipe's one-line error naming the file, printed once (not again inside the launcher's CalledProcessError
+    traceback), and the decoded cache keeps no partial array."""
+    for split in ('train', 'val'):
+        for seed, name in enumerate(CLASSES):
+            _write_images(tmp_path / 'data' / split / name, 3, seed=seed + len(split))
+    bad = sorted((tmp_path / 'data' / 'train').rglob('*.jpg'))[4]
+    bad.write_bytes(bad.read_bytes()[:300])
+    proc = run_cli('train', 'smoke', f'data.root={tmp_path / "data"}', f'output_dir={tmp_path / "run"}',
+                   f'data.cache={cache}', f'data.cache_dir={tmp_path / "cache"}', timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert 'Traceback' not in proc.stderr and 'CalledProcessError' not in proc.stderr, proc.stderr
+    assert proc.stderr.count(f"cannot read image '{bad}'") == 1, proc.stderr
+    assert not list((tmp_path / 'cache').glob('*.tmp*'))
+
+
+@pytest.mark.slow
+def test_train_ends_by_printing_the_saved_model_and_its_validation_error(tmp_path):
+    out = tmp_path / 'run'
+    proc = ok(run_cli('train', 'smoke', f'output_dir={out}', 'stages=[2]', f'data.cache_dir={tmp_path / "cache"}',
+                      timeout=600))
+    val = json.loads((out / 'stage2' / 'done.json').read_text())['val']
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line == (f'saved model {out / "stage2" / "model"}: validation top-1 error {100 - val["top1"]:.2f} %, '
+                    f'top-5 error {100 - val["top5"]:.2f} % ({val["images"]} images)')
+    saved = json.loads((out / 'stage2' / 'model' / 'config.json').read_text())
+    assert saved['num_classes'] == 3 and 'tag' not in saved['pretrained_cfg']  # not in1k: synthetic data has none

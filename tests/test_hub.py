@@ -114,6 +114,7 @@ def test_push_then_download_through_timm_hf_hub_torchvision_and_torch_hub_then_c
     assert res['hf_hub_arch'] == 'ResNet'
     assert res['custom_back'] == res['custom_ref'] and res['custom_backbone'] == 'regnetx_002'
     assert 'no weights for wae_resnet50' in res['missing'] and 'pretrained_cfg_overlay' in res['missing']
+    assert 'the Hub answered that none are published' in res['missing']
     assert 'test push' in readme and 'wae_resnet18' in readme
 
     # the server is gone: the second download comes from the cache, offline or not (at once, no retries)
@@ -360,3 +361,19 @@ def test_a_local_file_that_is_not_weights_is_named_with_what_it_is(tmp_path):
                      pretrained_cfg_overlay=dict(file=str(path)))
             for text_ in expected:
                 assert text_ in str(exc.value), (name, str(exc.value))
+
+
+def test_offline_and_unreachable_messages_say_whether_publication_could_be_checked(monkeypatch):
+    """Offline or unreachable, nothing says whether weights are published under the tag: the message says so (the
+    Hub's own answer, none published, is its own message: the slow push test)."""
+    from huggingface_hub import constants
+    from timm_wae import hub
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(hub.HubUnavailableError, match='HF_HUB_OFFLINE is set, so the Hub was not asked whether '
+                                                      'weights are published for it'):
+        hub.before_download('timm-wae/wae_resnet18.in1k', 'wae_resnet18.in1k')
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setitem(hub._REACHABLE, constants.ENDPOINT, False)
+    with pytest.raises(hub.HubUnavailableError, match='could not reach .* so whether weights are published for it '
+                                                      'is unknown'):
+        hub.before_download('timm-wae/wae_resnet18.in1k', 'wae_resnet18.in1k')

@@ -93,10 +93,12 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], cali
 
     int8_path = Path(int8_path)
     prepared = int8_path.with_name(int8_path.stem + '.prep.onnx')  # shape inference and graph clean-up first
-    quant_pre_process(str(fp32_path), str(prepared))
-    quantize_static(str(prepared), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    prepared.unlink()
+    try:
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(str(prepared), str(int8_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:  # also when calibration or quantization fails: no intermediate file left beside the output
+        prepared.unlink(missing_ok=True)
     return int8_path
 
 

@@ -59,17 +59,21 @@ def before_download(repo_id: str, what: str) -> Optional[str]:
         cached = try_to_load_from_cache(repo_id, filename)
         if isinstance(cached, str):
             return None if constants.HF_HUB_OFFLINE else cached
-    if constants.HF_HUB_OFFLINE:  # nothing to read: say so before the model is built
-        raise HubUnavailableError(_offline_message(what))
-    raise HubUnavailableError(
-        f'could not reach the Hugging Face Hub at {constants.ENDPOINT} for {what}, and no cached copy exists '
-        f'(set HF_HUB_OFFLINE=1 to skip the network and use only the cache); {_LOCAL_HINT}')
+    raise HubUnavailableError(_offline_message(what) if constants.HF_HUB_OFFLINE else _unreachable_message(what))
 
 
 def _offline_message(what: str) -> str:
     from huggingface_hub import constants
     return (f'{what} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, '
-            f'so the Hub was not asked: unset HF_HUB_OFFLINE to download it, or {_LOCAL_HINT}')
+            f'so the Hub was not asked whether weights are published for it: unset HF_HUB_OFFLINE to download '
+            f'them, or {_LOCAL_HINT}')
+
+
+def _unreachable_message(what: str) -> str:
+    from huggingface_hub import constants
+    return (f'could not reach the Hugging Face Hub at {constants.ENDPOINT} for {what}, so whether weights are '
+            f'published for it is unknown, and no cached copy exists (set HF_HUB_OFFLINE=1 to skip the network and '
+            f'use only the cache); {_LOCAL_HINT}')
 
 
 @contextmanager
@@ -85,12 +89,10 @@ def translate_hub_errors(what: str) -> Iterator[None]:
     except LocalEntryNotFoundError as e:  # offline, or the connection failed, and nothing cached
         if constants.HF_HUB_OFFLINE:  # nothing was tried: say so
             raise HubUnavailableError(_offline_message(what)) from e
-        raise HubUnavailableError(
-            f'could not reach the Hugging Face Hub at {endpoint} for {what}, and no cached copy exists (set '
-            f'HF_HUB_OFFLINE=1 to skip the network and use only the cache); {local_hint}') from e
-    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
-        raise WeightsError(f'no weights for {what} at {endpoint} ({type(e).__name__}); they may not be '
-                           f'published yet; {local_hint}') from e
+        raise HubUnavailableError(_unreachable_message(what)) from e
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:  # the Hub answered
+        raise WeightsError(f'no weights for {what} at {endpoint} ({type(e).__name__}): the Hub answered that none '
+                           f'are published under this name; {local_hint}') from e
     except SafetensorError as e:
         raise WeightsError(f'the downloaded weights for {what} cannot be read (truncated or corrupt?): {e}') from e
 
@@ -121,6 +123,9 @@ def offline_overlay(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     or load the cached file without the Hub client's retries."""
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                  pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+    if cfg.get('source') == 'local-dir':  # timm's local-dir: door gives the folder
+        check_weights_file(cfg['file'], folder=True)
+        return kwargs
     if cfg.get('file'):  # the local-file route: a file timm's loader would misread is named here
         check_weights_file(cfg['file'])
         return kwargs

@@ -13,6 +13,7 @@ from typing import Any
 import timm
 from torch import nn
 
+from .config_json import check_config
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, onnx_refusal
 
 __all__ = ['ModelSpec', 'ModelSpecError', 'is_repo_id', 'resolve_spec', 'load_model']
@@ -80,16 +81,16 @@ def _load_folder(path: Path, pretrained: bool, **kwargs: Any) -> nn.Module:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f'{config_file} is not valid JSON: {e}') from None
-    if not isinstance(config, dict):
-        raise WeightsError(f'{config_file} must hold a JSON object, got {type(config).__name__}')
-    arch = config.get('architecture')
-    if not timm.is_model(arch):
-        raise WeightsError(f'{config_file} names architecture {arch!r}, which is not a registered model')
+    check_config(config, str(config_file))
+    arch = config['architecture']
     args = dict(config.get('model_args', {}), num_classes=config.get('num_classes'))
     args.update(kwargs)
     # the architecture names its own layers (the saved cfg's names are what the code named them then)
     overlay = {k: v for k, v in (config.get('pretrained_cfg') or {}).items() if k not in ('first_conv', 'classifier')}
-    model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=overlay, **args)
+    try:
+        model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=overlay, **args)
+    except TypeError as e:  # another architecture's argument the checks cannot know (a plain timm model's)
+        raise WeightsError(f'{config_file}: its model_args do not fit {arch}: {e}') from None
     if pretrained:
         weights = path / WEIGHTS_NAME
         legacy = path / 'pytorch_model.bin'  # timm's save_for_hf default; read with weights_only

@@ -69,6 +69,7 @@ def check_state_dict(
             f'weights {source} hold {len(integers)} integer tensors where {arch} has floats ({"; ".join(integers[:3])}): '
             f'quantized (INT8) weights cannot load into a float model. Load the float checkpoint, and run an INT8 '
             f'export with timm_wae.export.OnnxRuntimeModel.')
+    _check_finite(state_dict, expected, shared, source)
     if missing or unexpected or shapes:
         classes = [s for s in shapes if any(s.startswith(c) for c in _classifier_keys(cfg))]
         hint = (' The class count differs: pass num_classes to match the file.' if classes else '')
@@ -79,6 +80,19 @@ def check_state_dict(
             f'weights {source} do not fit {arch}: ' + ', '.join(p for p in parts if p) +
             f'. Is it a checkpoint of another architecture?{hint}')
     return state_dict
+
+
+def _check_finite(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], keys: list,
+                  source: str) -> None:
+    """A NaN or Inf in the file is damage (a diverged run, a bad copy), never a model: refused naming the first
+    tensor. Only where the model's own tensor is finite (a mask buffer may hold -inf by construction)."""
+    for k in keys:
+        v = state_dict[k]
+        if v.is_floating_point() and expected[k].is_floating_point() and not torch.isfinite(v).all() \
+                and torch.isfinite(expected[k]).all():
+            bad = int((~torch.isfinite(v)).sum())
+            raise WeightsError(f'weights {source} hold non-finite values (NaN or Inf): {k} has {bad} of {v.numel()}; '
+                               f'the file is damaged or comes from a diverged run: load an earlier checkpoint')
 
 
 def check_pretrained(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping:
@@ -103,8 +117,9 @@ def _adopt_file_classes(state_dict: Mapping[str, torch.Tensor], model: nn.Module
         heads = sorted(k for k in _classifier_keys(cfg) if k in expected)
         if heads and all(k in state_dict and state_dict[k].shape == expected[k].shape for k in heads):
             cfg['num_classes'] = model.num_classes
-        elif heads:
-            file_classes = state_dict[heads[0]].shape[0] if heads[0] in state_dict else 'unknown'
+        elif heads:  # the class count of the first head the file does not fit (a bias may fit where its weight does not)
+            unfit = next(k for k in heads if k not in state_dict or state_dict[k].shape != expected[k].shape)
+            file_classes = state_dict[unfit].shape[0] if unfit in state_dict else 'unknown'
             warnings.warn(
                 f'{_source(cfg)}: the classifier(s) {sorted({k.rsplit(".", 1)[0] for k in heads})} are freshly '
                 f'initialised for {model.num_classes} classes (the file has {file_classes}): timm\'s fine-tuning '
@@ -144,11 +159,15 @@ def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
     return state
 
 
-def check_weights_file(path: Union[str, Path]) -> None:
+def check_weights_file(path: Union[str, Path], folder: bool = False) -> None:
     """A local weights file given to timm's loader (``pretrained_cfg_overlay=dict(file=...)``), read once here:
     a missing file, an ONNX file or one that is not a checkpoint is a WeightsError naming it and what it is,
-    not an error from deep inside torch.load."""
+    not an error from deep inside torch.load. ``folder``: timm's ``local-dir:`` door, which gives the model
+    folder; its weights file is read."""
     path = Path(path)
+    if folder:
+        legacy = path / 'pytorch_model.bin'  # what timm's folder loader reads when there is no safetensors file
+        path = path / WEIGHTS_NAME if (path / WEIGHTS_NAME).is_file() or not legacy.is_file() else legacy
     if not path.is_file():
         what = 'a folder, not a weights file' if path.is_dir() else 'does not exist'
         raise WeightsError(f'weights file {str(path)!r} (pretrained_cfg_overlay file=) {what}')
@@ -193,6 +212,20 @@ def model_card_text(model: nn.Module, card: Optional[Mapping[str, Any]] = None) 
     return '\n'.join(lines)
 
 
+def _with_true_tag(cfg: Mapping[str, Any], extra: Optional[Mapping[str, Any]], num_classes: Optional[int]) -> Dict:
+    """The cfg to save, with the pretrained tag the weights were trained for: ``extra``'s ``tag`` (None: no tag),
+    else the model's while its class count is the tag's (a 10-class model built from the default name is not
+    ``in1k``)."""
+    from .pretrained import TAGS
+    cfg = dict(cfg)
+    tag = (extra or {}).get('tag', cfg.get('tag'))
+    if tag is None or (tag in TAGS and TAGS[tag].num_classes != num_classes):
+        cfg.pop('tag', None)
+    else:
+        cfg['tag'] = tag
+    return cfg
+
+
 def save_pretrained(
         model: nn.Module,
         folder: Union[str, Path],
@@ -204,8 +237,9 @@ def save_pretrained(
     and a README.md model card into ``folder``, as ``push_to_hf_hub`` would upload them.
 
     ``pretrained_cfg`` adds entries to the saved cfg (the recipes' ``label_names``) without touching
-    the model's. A ``WAEWrapper`` saved as the generic ``wae`` architecture records every model
-    argument, since that name implies none; a registered name records what timm recorded.
+    the model's; its ``tag`` is the tag the weights were trained for (None: none). A ``WAEWrapper`` saved as
+    the generic ``wae`` architecture records every model argument, since that name implies none; a registered
+    name records what timm recorded.
     """
     folder = Path(folder)
     if is_wae_model(model) and model.front_end.reparameterized:
@@ -220,8 +254,14 @@ def save_pretrained(
             raise ValueError(f'config.json cannot record how to build the backbone {backbone!r} (a module that is '
                              f'neither a timm model nor made by a torchvision builder): save the model\'s state_dict '
                              f'(safetensors.torch.save_file) and rebuild it with WAEWrapper around your module')
-    save_for_hf(model, folder, model_config={'pretrained_cfg': dict(pretrained_cfg or {})}, model_args=model_args,
-                safe_serialization=True, data_config=data_config)
+    own_cfg = model.pretrained_cfg
+    model.pretrained_cfg = _with_true_tag(own_cfg, pretrained_cfg, getattr(model, 'num_classes', None))
+    try:
+        extra = {k: v for k, v in (pretrained_cfg or {}).items() if k != 'tag'}
+        save_for_hf(model, folder, model_config={'pretrained_cfg': extra}, model_args=model_args,
+                    safe_serialization=True, data_config=data_config)
+    finally:
+        model.pretrained_cfg = own_cfg
     (folder / WEIGHTS_NAME).chmod(0o644)  # safetensors writes 0600; a model is meant to be shared
     (folder / 'README.md').write_text(model_card_text(model, model_card), encoding='utf-8')
     return folder

@@ -69,15 +69,34 @@ def run(args: argparse.Namespace) -> int:
         raise common.CLIError('accelerate is not installed: pip install "timm_wae[train]" (accelerate launches recipes/train.py)')
     # the config and every path it names, before the launch (accelerate would print a traceback); the script
     # of another recipes folder ($TIMM_WAE_RECIPES) checks its own config
+    cfg = None
     if recipes.resolve() == OWN_RECIPES:
         from timm_wae.training.config import check_paths, load_config
         try:
-            check_paths(load_config(config, [o for o in args.overrides if not o.startswith('-')]))
+            cfg = load_config(config, [o for o in args.overrides if not o.startswith('-')])
+            check_paths(cfg)
         except (ValueError, FileNotFoundError) as e:
             raise common.CLIError(f'{config.name}: {e}') from None
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch', *shlex.split(args.launcher_args or ''),
+    cmd = [sys.executable, '-m', 'timm_wae_cli.launch', *shlex.split(args.launcher_args or ''),
            str(recipes / 'train.py'), str(config), *args.overrides]
     print('accelerate launch ' + ' '.join(shlex.quote(c) for c in cmd[3:]), file=sys.stderr)
     if args.dry_run:
         return 0
-    return subprocess.call(cmd)
+    status = subprocess.call(cmd)
+    if status == 0 and cfg is not None and cfg.mode == 'train':
+        print(saved_model_line(cfg))
+    return status
+
+
+def saved_model_line(cfg) -> str:
+    """Where the run's last stage saved its model, and its validation error in the docs' unit (top-1/top-5
+    error, %)."""
+    import json
+
+    from timm_wae.training import resolve
+    done = json.loads((resolve(cfg.output_dir) / f'stage{cfg.stages[-1]}' / 'done.json').read_text())
+    val = done['val']
+    errors = (f': validation top-1 error {100 - val["top1"]:.2f} %, top-5 error {100 - val["top5"]:.2f} % '
+              f'({val["images"]} images)') if 'top1' in val else ''
+    return f'saved model {done["model"]}{errors}'
+

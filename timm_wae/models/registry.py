@@ -58,8 +58,11 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> WAEWrapper
     and an image size it runs at). Pretrained weights are checked key by key and shape by shape before loading
     (``weights.check_pretrained``), and download failures say how to load a local file instead.
     """
+    from ..config_json import check_model_args, source_config_name
     from ..hub import offline_overlay, tagged_name, translate_hub_errors
     from ..weights import check_pretrained
+    if 'pretrained_model_args' in kwargs:  # timm's local-dir: and hf-hub: doors: a config.json's model_args
+        check_model_args(kwargs['pretrained_model_args'], variant, source_config_name(kwargs.get('pretrained_cfg')))
     drop_legacy_args(kwargs)
     if variant == 'wae':
         backbone = kwargs.setdefault('backbone', 'resnet50')

@@ -2,6 +2,7 @@
 and the checks that name the field at fault before anything is built (``timm-wae train`` runs them before it
 launches). Every field is documented in recipes/README.md.
 """
+import os
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
@@ -15,8 +16,9 @@ from ..models.cfg import IH_FUSIONS
 from . import REPO_ROOT, resolve
 from .stages import STAGES
 
-__all__ = ['Config', 'DataConfig', 'STREAM_PREFIXES', 'check_dataset', 'ModelConfig', 'StageConfig', 'DistillConfig', 'DebugConfig', 'load_config',
-           'read_yaml', 'from_dict', 'check_paths', 'resolve', 'REPO_ROOT']
+__all__ = ['Config', 'DataConfig', 'STREAM_PREFIXES', 'check_dataset', 'ModelConfig', 'StageConfig',
+           'DistillConfig', 'DebugConfig', 'load_config', 'read_yaml', 'from_dict', 'check_paths', 'check_output_dir',
+           'resolve', 'REPO_ROOT']
 
 
 @dataclass
@@ -247,6 +249,7 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
     if cfg.distill.weight < 0 or cfg.distill.temperature <= 0:
         raise ValueError(f'distill.weight must be >= 0 and distill.temperature > 0, got {cfg.distill.weight} '
                          f'and {cfg.distill.temperature}')
+    _check_sizes(cfg)
     for s in cfg.stages:
         if cfg.stage(s).loss not in ('ce', 'bce'):
             raise ValueError(f"stage{s}.loss must be 'ce' or 'bce', got {cfg.stage(s).loss!r}")
@@ -281,9 +284,34 @@ def check_dataset(cfg: Config) -> None:
         raise ValueError(f'data.dataset={name!r} has no class folders to count: set model.num_classes')
 
 
+def _check_sizes(cfg: Config) -> None:
+    """Counts and sizes that no run can use (a batch of 0 images, a log line every 0 steps), named by field."""
+    least = {'log_every': 1, 'checkpoint_every': 0, 'loader_batches': 1, 'data.img_size': 1,
+             'data.eval_batch_size': 1, 'data.workers': 0, 'data.max_per_class': 1, 'data.val_max_per_class': 1,
+             **{f'stage{s}.{k}': m for s in cfg.stages for k, m in (('batch_size', 1), ('epochs', 0),
+                                                                       ('max_steps_per_epoch', 1))}}
+    for name, minimum in least.items():
+        value = cfg
+        for part in name.split('.'):
+            value = getattr(value, part)
+        if value is not None and value < minimum:
+            raise ValueError(f'{name} must be >= {minimum}, got {value}')
+
+
+def check_output_dir(output_dir: str) -> None:
+    """output_dir is, or can become, a folder this process can write: one line naming the field otherwise."""
+    path = resolve(output_dir)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f'output_dir={output_dir!r}: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f'output_dir={output_dir!r}: {existing} is not writable')
+
+
 def check_paths(cfg: Config) -> None:
     """Every path the config names exists (the data splits have class folders with images): one
     clear error before anything is built. ``timm-wae train`` calls it before launching."""
+    check_output_dir(cfg.output_dir)
     if cfg.data.dataset:
         root = cfg.data.root
         if root is not None and '://' not in root and not resolve(root).exists():

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 
-from ..evaluate import check_image_folder, per_class_subset
+from ..evaluate import check_image_folder, per_class_subset, read_image
 from . import resolve
 from .config import check_paths
 
@@ -45,7 +45,8 @@ def image_folder(
         max_per_class: Optional[int] = None,
 ) -> Union[ImageFolder, Subset]:
     """A checked torchvision ImageFolder, optionally cut to ``max_per_class`` images per class."""
-    return per_class_subset(ImageFolder(str(check_image_folder(root)), transform=transform), max_per_class)
+    return per_class_subset(ImageFolder(str(check_image_folder(root)), transform=transform, loader=read_image),
+                            max_per_class)
 
 
 def dataset_classes(dataset: Union[Dataset, Subset]) -> List[str]:
@@ -104,11 +105,9 @@ class _DecodeResize(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
-        with Image.open(self.paths[i]) as img:
-            img = img.convert('RGB')
+        img = read_image(self.paths[i])  # a corrupt file is an error naming it
         img = TF.center_crop(TF.resize(img, self.size, InterpolationMode(self.interpolation)), [self.size, self.size])
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
 
@@ -151,13 +150,16 @@ def cached_image_folder(
         out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(samples), 3, size, size))
         loader = DataLoader(_DecodeResize([p for p, _ in samples], size, interpolation), batch_size=64,
                             num_workers=workers)
-        pos = 0
-        for batch in loader:
-            out[pos:pos + len(batch)] = batch.numpy()
-            pos += len(batch)
-        out.flush()
-        del out
-        os.replace(tmp, array_file)
+        try:
+            pos = 0
+            for batch in loader:
+                out[pos:pos + len(batch)] = batch.numpy()
+                pos += len(batch)
+            out.flush()
+            del out
+            os.replace(tmp, array_file)
+        finally:  # a corrupt image (or a kill signal Python sees) leaves no partial array behind
+            tmp.unlink(missing_ok=True)
         meta = {'format': CACHE_FORMAT, 'root': str(root), 'size': size, 'interpolation': interpolation,
                 'classes': base.classes, 'samples': rel_samples}
         tmp_meta = meta_file.with_name(f'{meta_file.name}.tmp{os.getpid()}')
