@@ -98,8 +98,9 @@ class StageConfig:
     cutmix: float = 0.0                 # cutmix alpha; with mixup too, each batch gets one of the two
     hold_backbone_epochs: float = 0.0   # a conversion's warm-up: for this many epochs only its new parts train
                                         # (front end, IH's layers, fusion head); the trained network is held
-    new_parts_lr_scale: float = 1.0     # a conversion: the lr of what the trained network lacked (front end, the
-                                        # stem's IH channels, IH branch, fusion head) is lr times this
+    new_parts_lr_scale: float = 1.0     # a conversion: the lr of the parts that start at zero (the stem's IH
+                                        # channels, an IH branch, the fusion head) is lr times this
+    front_end_lr_scale: float = 1.0     # a conversion: the lr of the front end (it starts as the exact Haar split)
     recalibrate_bn: int = 0             # a fresh start from trained weights: re-estimate BatchNorm statistics on
                                         # this many training images at the new input first (FixRes), no gradient
 
@@ -259,11 +260,13 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
         if cfg.stage(s).hold_backbone_epochs and cfg.model.type != 'wae':
             raise ValueError(f'stage{s}.hold_backbone_epochs holds a WAE model\'s backbone while its new parts train; '
                              f'model.type={cfg.model.type!r} has none')
-        scale = cfg.stage(s).new_parts_lr_scale
-        if scale != 1 and not (scale > 0 and cfg.model.backbone_from and cfg.stage(s).opt in ('sgd', 'momentum', 'nesterov')):
-            raise ValueError(f'stage{s}.new_parts_lr_scale={scale} scales the lr of a converted model\'s new parts: it '
-                             f'needs model.backbone_from, a positive scale and an SGD optimizer (stage{s}.opt='
-                             f'{cfg.stage(s).opt!r})')
+        for field_name in ('new_parts_lr_scale', 'front_end_lr_scale'):
+            scale = getattr(cfg.stage(s), field_name)
+            if scale != 1 and not (scale > 0 and cfg.model.backbone_from
+                                   and cfg.stage(s).opt in ('sgd', 'momentum', 'nesterov')):
+                raise ValueError(f'stage{s}.{field_name}={scale} scales the lr of a converted model\'s new parts: it '
+                                 f'needs model.backbone_from, a positive scale and an SGD optimizer (stage{s}.opt='
+                                 f'{cfg.stage(s).opt!r})')
         if cfg.stage(s).hold_backbone_epochs and cfg.find_unused_parameters is False:
             cfg = replace(cfg, find_unused_parameters=True)  # DDP: the held parameters get no gradient at first
     return cfg

@@ -212,16 +212,19 @@ def recalibrate_batchnorm(objective: nn.Module, batches: Iterable[Tuple[Tensor, 
 
 def param_groups(model: nn.Module, stage_cfg: 'StageConfig', converted: bool) -> List[Dict]:
     """The optimizer's parameter groups: timm's (no weight decay on biases and norms); for a converted WAE
-    model with ``new_parts_lr_scale`` != 1, its new parts (all but ``network_parameters()``) in groups of their
-    own at lr times the scale. In the layers that read IH only the new input channels are new: the gradient
-    of their trained IL channels (and bias) is divided by the scale, so the trained weights move as the
-    rest of the network does (SGD: the step is proportional to the gradient; Adam-type optimizers are not
-    scale-free, so the scale is refused for them at configuration time)."""
+    model, groups of their own for what the trained network lacked: the parts that start at zero (the IH input
+    channels of the layers that read IH, an IH branch, the fusion head) at lr times ``new_parts_lr_scale``, the
+    front end (which starts as an exact transform) at lr times ``front_end_lr_scale``. In the layers that read
+    IH only the new input channels are new: the gradient of their trained IL channels (and bias) is divided by
+    the scale, so the trained weights move as the rest of the network does (SGD: the step is proportional to
+    the gradient; Adam-type optimizers are not scale-free, so the scales are refused for them at configuration
+    time)."""
     groups = param_groups_weight_decay(model, stage_cfg.weight_decay, getattr(model, 'no_weight_decay', set)())
-    scale = stage_cfg.new_parts_lr_scale
-    if scale == 1 or not converted or not is_wae_model(model):
+    scale, fe_scale = stage_cfg.new_parts_lr_scale, stage_cfg.front_end_lr_scale
+    if (scale == 1 and fe_scale == 1) or not converted or not is_wae_model(model):
         return groups
     trained = {id(p) for p in model.network_parameters()}
+    front_end = {id(p) for p in model.front_end.parameters()}
     readers = [model.backbone.get_submodule(name) for name in model.ih_readers]
     il_chans = model.front_end.low_chans
     for conv in readers:
@@ -230,8 +233,8 @@ def param_groups(model: nn.Module, stage_cfg: 'StageConfig', converted: bool) ->
             conv.bias.register_hook(lambda g: g / scale)
     split = []
     for g in groups:
-        old = [p for p in g['params'] if id(p) in trained]
-        new = [p for p in g['params'] if id(p) not in trained]
-        split += [dict(g, params=old)] if old else []
-        split += [dict(g, params=new, lr=stage_cfg.lr * scale)] if new else []
+        for part, factor in ((trained, 1.), (front_end, fe_scale), (None, scale)):
+            mine = [p for p in g['params'] if (id(p) in part if part is not None else
+                                               id(p) not in trained and id(p) not in front_end)]
+            split += [dict(g, params=mine, lr=stage_cfg.lr * factor)] if mine else []
     return split
