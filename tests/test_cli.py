@@ -563,7 +563,8 @@ def test_offline_without_a_cached_copy_says_so_as_a_process(spec, what, data, tm
     assert proc.returncode == 2, f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}'
     assert 'Traceback' not in proc.stderr
     message = (what + r' is not in the local Hugging Face cache \(.+\) and HF_HUB_OFFLINE is set, so the Hub was '
-               r'not asked: unset HF_HUB_OFFLINE to download it, or to use a local file instead')
+               r'not asked whether weights are published for it: unset HF_HUB_OFFLINE to download them, or to use a '
+               r'local file instead')
     assert re.search(message, proc.stderr) and 'could not reach' not in proc.stderr, proc.stderr
     for text in (f"timm-wae: error: could not load model '{spec}'",
                  "pretrained_cfg_overlay=dict(file='path/to/model.safetensors')", '--no-pretrained'):
