@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm_wae
-from timm_wae import FrontEnd, ShrinkError, TransformLoss, WAEWrapper, weights
+from timm_wae import BackboneError, FrontEnd, ShrinkError, TransformLoss, WAEWrapper, weights
 
 FAMILIES = [
     'vgg11', 'vgg16', 'vgg11_bn', 'vgg16_bn', 'resnet18', 'resnet50', 'resnext50_32x4d', 'seresnet50',
@@ -262,7 +262,7 @@ def test_bad_images_fail_before_any_convolution(shape, error, message):
 
 
 def test_bad_backbones_and_widths_are_refused_by_name():
-    with pytest.raises(ShrinkError, match=r"'0' \(Conv2d\), is not a classifier"):
+    with pytest.raises(BackboneError, match=r"'0' \(Conv2d\), is not a classifier"):
         WAEWrapper(nn.Sequential(nn.Conv2d(3, 8, 3)))
     for bad in (0, -4, 2.5):
         with pytest.raises(ValueError, match='width_divisor must be a positive integer'):
@@ -635,8 +635,9 @@ def test_what_fails_in_the_built_model_is_a_shrink_error_at_construction_naming_
         model.pretrained_cfg = dict(model.pretrained_cfg, first_conv='conv1.1')
         return model
 
-    with pytest.raises(ShrinkError) as exc:
+    with pytest.raises(BackboneError) as exc:  # a layer fails in the built model: not a shrinking failure
         WAEWrapper(backbone(), front_end='wae2', ih_fusion='stem')
+    assert not isinstance(exc.value, ShrinkError)
     assert "'resnet18'" in str(exc.value) and "layer 'backbone.conv1.0'" in str(exc.value)
     assert 'AssertionError: expected 3 channels' in str(exc.value)
     assert WAEWrapper(backbone()).eval()(X).shape == (2, 3)  # branch mode: IL and IH have 3 channels

@@ -17,7 +17,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from ._compat import rename_legacy_keys, take_decoder_from_file
-from .models.wae import is_wae_model
+from .util import is_wae_model
 
 __all__ = ['WEIGHTS_NAME', 'WeightsError', 'check_state_dict', 'check_pretrained', 'check_weights_file',
            'load_weights', 'save_pretrained', 'model_card_text', 'onnx_refusal']

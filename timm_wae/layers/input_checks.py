@@ -5,7 +5,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..surgery.probe import model_name, share_in_words
+from ..util import model_name, share_in_words
 
 __all__ = ['check_il_size', 'check_dtype']
 

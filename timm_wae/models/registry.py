@@ -14,16 +14,16 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 
 from .._compat import drop_legacy_args
-from ..pretrained import MODELS
+from ..config_json import check_model_args, source_config_name
+from ..download import offline_overlay, tagged_name, translate_hub_errors
+from ..pretrained import FAMILIES, MODELS
 from ..surgery import ceil_mode_pooling, released_vgg
 from ..surgery.adapter import TORCHVISION_PREFIX
+from ..weights import check_pretrained
 from .cfg import has_fusion_head, layer_names, pool_size, tag_cfgs, wae_cfg
 from .wae import WAEWrapper
 
 __all__ = ['FAMILIES']
-
-# the registered families, as timm.list_models patterns (the generic `wae` takes any backbone by name)
-FAMILIES = ('wae_*', 'wae2_*', 'wae4_*')
 
 
 def _arch_args(variant: str) -> Dict[str, Any]:
@@ -58,9 +58,6 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> WAEWrapper
     and an image size it runs at). Pretrained weights are checked key by key and shape by shape before loading
     (``weights.check_pretrained``), and download failures say how to load a local file instead.
     """
-    from ..config_json import check_model_args, source_config_name
-    from ..hub import offline_overlay, tagged_name, translate_hub_errors
-    from ..weights import check_pretrained
     if 'pretrained_model_args' in kwargs:  # timm's local-dir: and hf-hub: doors: a config.json's model_args
         check_model_args(kwargs['pretrained_model_args'], variant, source_config_name(kwargs.get('pretrained_cfg')))
     drop_legacy_args(kwargs)

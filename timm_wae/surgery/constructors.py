@@ -14,7 +14,7 @@ from timm.models.vgg import VGG
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .probe import ShrinkError
+from ..util import ShrinkError
 
 __all__ = ['WIDTH_ARGS', 'FALLBACK_WIDTH_ARGS', 'rebuild_narrow', 'divide', 'check_divisor']
 

@@ -13,7 +13,7 @@ from timm.layers.mixed_conv2d import MixedConv2d
 from torch import nn
 
 from .constructors import divide
-from .probe import ShrinkError
+from ..util import ShrinkError
 
 __all__ = ['rewrite_narrow']
 

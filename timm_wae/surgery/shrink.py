@@ -14,8 +14,9 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
+from ..util import ShrinkError, first_line
 from .constructors import FALLBACK_WIDTH_ARGS, check_divisor, rebuild_narrow
-from .probe import ShrinkError, first_line, run_named
+from .probe import run_named
 from .rewrite import rewrite_narrow
 
 __all__ = ['shrink_width', 'narrow_features']

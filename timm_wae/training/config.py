@@ -14,9 +14,8 @@ from ..evaluate import check_image_folder
 from ..front_ends import front_end_class
 from ..models.cfg import IH_FUSIONS
 from . import REPO_ROOT, resolve
-from .stages import STAGES
 
-__all__ = ['Config', 'DataConfig', 'STREAM_PREFIXES', 'check_dataset', 'ModelConfig', 'StageConfig',
+__all__ = ['Stage', 'STAGES', 'Config', 'DataConfig', 'STREAM_PREFIXES', 'check_dataset', 'ModelConfig', 'StageConfig',
            'DistillConfig', 'DebugConfig', 'load_config', 'read_yaml', 'from_dict', 'check_paths', 'check_output_dir',
            'resolve', 'REPO_ROOT']
 
@@ -115,6 +114,21 @@ class DistillConfig:
 class DebugConfig:
     nan_at_step: Optional[int] = None   # make the loss NaN at this global step of every stage (tests)
     step_delay: float = 0.0             # sleep after every step: widens the window a kill test aims at
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one stage trains and on which losses; each starts from the previous stage's saved model."""
+    trains: str         # 'front_end' (the WAE, decoder included), 'classifier' (all but the WAE), 'all'
+    classify: bool      # Lc = CE(sL) + CE(stage_cfg), and distillation when configured
+    transform: bool     # Lt = lr + λ·le through the decoder (needs a learned front end)
+
+
+STAGES: Dict[int, Stage] = {
+    1: Stage('front_end', classify=False, transform=True),   # Lt
+    2: Stage('classifier', classify=True, transform=False),  # Lc; the WAE frozen unless train_front_end
+    3: Stage('all', classify=True, transform=True),          # Lc + γ·Lt
+}
 
 
 @dataclass
