@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         model = build_model(cfg.model, NUM_CLASSES)
         dc = model_data_config(model, cfg.data)
         data_config = {k: dc[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')}
-        save_pretrained(model, folder, data_config=data_config, pretrained_cfg=dict(data_config, num_classes=NUM_CLASSES))
+        save_pretrained(model, folder, data_config=data_config,
+                        pretrained_cfg=dict(data_config, num_classes=NUM_CLASSES))
         values = json.loads(json.dumps(asdict(cfg)))
         values['init_from'] = start.get('init_from')
         values['model']['backbone_from'] = start.get('model.backbone_from')

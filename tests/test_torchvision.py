@@ -160,6 +160,7 @@ def test_a_torchvision_state_dict_file_converts(tmp_path):
 
 def test_convert_accepts_a_torchvision_name_with_its_weights(tmp_path, capsys):
     from PIL import Image
+
     from timm_wae_cli import main
     for split in ('train', 'val'):
         (tmp_path / split / 'a').mkdir(parents=True)

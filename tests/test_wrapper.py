@@ -4,9 +4,9 @@ import json
 import pytest
 import timm
 import timm.optim
-from timm.models import save_for_hf
 import torch
 import torch.nn.functional as F
+from timm.models import save_for_hf
 from torch import nn
 
 import timm_wae
@@ -127,7 +127,8 @@ def test_a_classifier_has_no_decoder_unless_asked_and_loads_files_that_hold_one(
         folded.forward_train(X, reconstruct=True)
 
 
-REGISTERED = sorted(timm.list_models(list(timm_wae.models.FAMILIES)))  # every registered model (importing timm_wae registers them)
+# every registered model (importing timm_wae registers them)
+REGISTERED = sorted(timm.list_models(list(timm_wae.models.FAMILIES)))
 FAST = ('wae_resnet18', 'wae2_resnet18', 'wae4_resnet18')  # the others: the slow tier (full-size backbones)
 
 
@@ -606,6 +607,7 @@ def test_the_rewrite_divides_widths_where_the_family_keeps_them(name, check):
 def test_parameters_that_do_not_scale_with_the_width_pass_unchanged():
     """skipinit_gain (shape ()) of a NormFree net: kept; the block's widths divided."""
     from dataclasses import replace
+
     from timm.models.nfnet import NormFreeNet, model_cfgs
     backbone = NormFreeNet(replace(model_cfgs['nf_regnet_b0'], skipinit=True), num_classes=3)
     model = WAEWrapper(backbone).eval()

@@ -35,7 +35,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     if endpoint not in _REACHABLE:
         url = urlsplit(endpoint)
         try:
-            socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)), timeout).close()
+            port = url.port or (443 if url.scheme == 'https' else 80)
+            socket.create_connection((url.hostname, port), timeout).close()
             _REACHABLE[endpoint] = True
         except OSError:
             _REACHABLE[endpoint] = False
@@ -73,9 +74,13 @@ def _unreachable_message(what: str) -> str:
 @contextmanager
 def translate_hub_errors(what: str) -> Iterator[None]:
     """Turn the Hub client's and safetensors' errors into ones that say what to do."""
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
     from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     endpoint = constants.ENDPOINT
     local_hint = _LOCAL_HINT
     try:

@@ -10,8 +10,15 @@ from typing import Any, Mapping, Optional, Union
 
 from torch import nn
 
-from .download import (HubUnavailableError, _REACHABLE, before_download, hub_reachable, offline_overlay,  # noqa: F401
-                       tagged_name, translate_hub_errors)
+from .download import (  # noqa: F401
+    _REACHABLE,
+    HubUnavailableError,
+    before_download,
+    hub_reachable,
+    offline_overlay,
+    tagged_name,
+    translate_hub_errors,
+)
 from .model_spec import load_model
 from .surgery.backbone import create_backbone
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, save_pretrained

@@ -57,7 +57,8 @@ def resolve_spec(spec: str) -> ModelSpec:
         raise WeightsError(onnx_refusal(path))
     if path.is_file():
         raise ModelSpecError(f'{spec!r} is a file, not a model: give a model name and load the file into it '
-                             f'(--checkpoint {spec} on the command line), or a model folder (config.json + {WEIGHTS_NAME})')
+                             f'(--checkpoint {spec} on the command line), or a model folder (config.json + '
+                             f'{WEIGHTS_NAME})')
     if not timm.is_model(spec):
         if os.sep in spec or spec.startswith('.') or (os.altsep and os.altsep in spec):
             raise ModelSpecError(f'model folder {spec!r} does not exist')

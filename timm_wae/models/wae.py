@@ -53,7 +53,9 @@ class WAEWrapper(nn.Module):
         use_ih: False drops the IH branch and the fusion head (the "IL only" baseline).
         ih_fusion: where IH joins. 'branch' (the paper): a quarter-width copy of the backbone and a fusion
             head. 'stem': IH's channels are extra input channels of the backbone's first conv (zero
-            weights at first, so a trained backbone starts as it was on IL); no second network.
+            weights at first, so a trained backbone starts as it was on IL); no second network. The default
+            is the paper's; ``from_trained`` and the registered ``wae2_*``/``wae4_*`` models default to 'stem',
+            the speed-accuracy choice for the Haar-started front ends (a converted network stays one network).
         width_divisor: the IH branch's widths are the backbone's divided by this (4 in the paper).
         standardize: non-affine BatchNorm on IL and IH before the networks, as the released model.
         fusion_hidden: width of the fusion MLP for VGG-style heads (default: the backbone's).
@@ -112,7 +114,8 @@ class WAEWrapper(nn.Module):
         self.high_features = 0
         # token models' features are [B, N, C] (channels last, N tokens with prefix tokens first); Swin's are
         # NHWC maps [B, H, W, C], pooled as tokens
-        self.prefix_tokens = -1 if layout == 'NCHW' else getattr(backbone, 'num_prefix_tokens', 0) if layout == 'NLC' else 0
+        self.prefix_tokens = (-1 if layout == 'NCHW' else getattr(backbone, 'num_prefix_tokens', 0) if layout == 'NLC'
+                              else 0)
         self.channel_dim = {'NCHW': 1, 'NHWC': 3, 'NLC': 2}[layout]
         # the IL size the networks run at (probed): a fixed token grid's, else half the backbone's image where
         # it runs there (HRNet, DLA need a multiple of 64)

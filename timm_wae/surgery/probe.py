@@ -72,8 +72,8 @@ def feature_layout(out: torch.Tensor, num_features: int, model_name: str) -> str
         return 'NLC'
     if out.ndim == 4:
         return 'NHWC' if out.shape[1] != num_features and out.shape[-1] == num_features else 'NCHW'
-    raise BackboneError(f'{model_name}.forward_features returns shape {tuple(out.shape)}; WAEWrapper needs NCHW or NHWC '
-                      f'maps or [B, tokens, C] tokens to join IL and IH')
+    raise BackboneError(f'{model_name}.forward_features returns shape {tuple(out.shape)}; WAEWrapper needs NCHW or '
+                        f'NHWC maps or [B, tokens, C] tokens to join IL and IH')
 
 
 def probe_backbone(make: Callable[[Optional[Tuple[int, int]]], nn.Module], sizes: Sequence[Tuple[int, int]],

@@ -87,7 +87,8 @@ class StageConfig:
     clip_grad: Optional[float] = None   # max gradient norm
     max_steps_per_epoch: Optional[int] = None  # cut each epoch short (stage 1 on a budget)
     gamma: float = 0.0                  # stage 3: weight of Lt in Lc + γ·Lt
-    energy_weight: float = 0.25         # stages 1, 3: λ in Lt = lr + λ·le, per-element means (the paper's λ = 1 on sums)
+    energy_weight: float = 0.25         # stages 1, 3: λ in Lt = lr + λ·le, per-element means (the paper's λ = 1
+                                        # on sums)
     train_front_end: bool = False       # stage 2: also train the WAE encoder, on Lc only
     loss: str = 'ce'                    # classification loss: 'ce' (softmax cross-entropy) or 'bce' (timm's
                                         # BinaryCrossEntropy, one sigmoid per class: ResNet strikes back)
@@ -120,7 +121,7 @@ class DebugConfig:
 class Stage:
     """What one stage trains and on which losses; each starts from the previous stage's saved model."""
     trains: str         # 'front_end' (the WAE, decoder included), 'classifier' (all but the WAE), 'all'
-    classify: bool      # Lc = CE(sL) + CE(stage_cfg), and distillation when configured
+    classify: bool      # Lc = CE(sL) + CE(sc), and distillation when configured
     transform: bool     # Lt = lr + λ·le through the decoder (needs a learned front end)
 
 
@@ -274,7 +275,8 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
             raise ValueError(f'stage{s}.hold_backbone_epochs holds a WAE model\'s backbone while its new parts train; '
                              f'model.type={cfg.model.type!r} has none')
         scale = cfg.stage(s).new_parts_lr_scale
-        if scale != 1 and not (scale > 0 and cfg.model.backbone_from and cfg.stage(s).opt in ('sgd', 'momentum', 'nesterov')):
+        sgd = cfg.stage(s).opt in ('sgd', 'momentum', 'nesterov')
+        if scale != 1 and not (scale > 0 and cfg.model.backbone_from and sgd):
             raise ValueError(f'stage{s}.new_parts_lr_scale={scale} scales the lr of a converted model\'s new parts: it '
                              f'needs model.backbone_from, a positive scale and an SGD optimizer (stage{s}.opt='
                              f'{cfg.stage(s).opt!r})')

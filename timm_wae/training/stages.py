@@ -8,8 +8,8 @@ import timm
 import timm.data
 import timm.loss
 import torch
-from timm.optim import param_groups_weight_decay
 import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 
 from ..distill import DistillationLoss, Teacher, load_teacher
@@ -31,8 +31,8 @@ WEIGHTS_FILES = ('.safetensors', '.pth', '.pt')  # a bare state_dict (torch.load
 
 def load_network(spec: str, arch: Optional[str], num_classes: Optional[int], what: str) -> nn.Module:
     """A trained network with its weights: a model folder, a registered name (with its pretrained tag),
-    ``torchvision:NAME.WEIGHTS``, an hf-hub: id, or a state_dict file (.safetensors, .pth) of ``arch``; checked against ``arch`` and the classes (None:
-    any)."""
+    ``torchvision:NAME.WEIGHTS``, an hf-hub: id, or a state_dict file (.safetensors, .pth) of ``arch``; checked
+    against ``arch`` and the classes (None: any)."""
     local = resolve(spec)
     if local.suffix in WEIGHTS_FILES:
         if arch is None:
