@@ -4,7 +4,7 @@
 
 One config file per experiment (recipes/configs/, every field documented in recipes/README.md);
 dotted ``key=value`` arguments override any field (``data.max_per_class=20 stage2.epochs=3``).
-The run is up to three stages (``timm_wae.training.stages.STAGES``), each starting from the previous
+The run is up to three stages (``timm_wae.training.config.STAGES``), each starting from the previous
 stage's saved model:
 
     stage 1   the WAE alone (encoder + decoder) on the transform loss  Lt = lr + λ·le
@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional
 
@@ -348,7 +348,7 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    record_config(out_dir, json.loads(json.dumps(asdict(cfg))), cfg.resume, write=accelerator.is_main_process)
+    record_config(out_dir, json.loads(json.dumps(cfg.to_dict())), cfg.resume, write=accelerator.is_main_process)
 
     # the data pipeline follows the model's timm data config (mean, std, interpolation, crop)
     probe = build_model(replace(cfg.model, backbone_from=None), cfg.model.num_classes or 2)  # no weights needed

@@ -104,7 +104,10 @@ def test_every_config_loads_and_every_field_is_documented():
     def names(cls, prefix=''):
         for f in fields(cls):
             tp = get_type_hints(cls)[f.name]
-            if is_dataclass(tp):
+            if f.name == 'stage_cfgs':  # `stageN:` sections: one StageConfig per row of the stage table
+                assert [f'`stage{n}`' in readme for n in train.STAGES] == [True] * len(train.STAGES)
+                yield from names(train.StageConfig, 'stageN.')
+            elif is_dataclass(tp):
                 yield from names(tp, f'{prefix}{f.name}.')
             else:
                 yield f.name
