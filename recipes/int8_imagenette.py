@@ -25,10 +25,10 @@ import timm.data
 import timm.utils
 import torch
 
+from timm_wae import load_model
 from timm_wae.bench import benchmark, format_table, results_as_dicts
 from timm_wae.evaluate import eval_folder, evaluate
 from timm_wae.export import calibration_batches, onnx_runtime_model
-from timm_wae import load_model
 
 
 def main() -> None:
@@ -57,7 +57,8 @@ def measure(args: argparse.Namespace, model: torch.nn.Module, size: tuple, work:
     calibration = calibration_batches(model, Path(args.data) / 'train', args.calib, size)
     forms = {'pytorch fp32': model,
              'onnxruntime fp32': onnx_runtime_model(model, work / 'fp32.onnx', size, args.threads, like=model),
-             'onnxruntime int8': onnx_runtime_model(model, work / 'int8.onnx', size, args.threads, calibration, like=model)}
+             'onnxruntime int8': onnx_runtime_model(model, work / 'int8.onnx', size, args.threads, calibration,
+                                                    like=model)}
 
     accuracy = []
     if not args.time_only:
@@ -65,7 +66,8 @@ def measure(args: argparse.Namespace, model: torch.nn.Module, size: tuple, work:
         for name, m in forms.items():
             row, = evaluate(m, val, workers=0, progress=False, model_name=name)
             accuracy.append(row)
-            print(f"{name}: top-1 err {row['top1_err']:.2f} %, top-5 err {row['top5_err']:.2f} % on {row['count']} images")
+            print(f"{name}: top-1 err {row['top1_err']:.2f} %, top-5 err {row['top5_err']:.2f} % "
+                  f"on {row['count']} images")
     onnx_forms = [n for n in forms if n != 'pytorch fp32']
     reference = 'pytorch fp32'
     if args.baseline:

@@ -23,6 +23,7 @@ FRONT_ENDS = {'wae': "the paper's learned WAE", 'wae2': 'learned, Haar start, 1 
 def measure(name: str) -> Dict:
     import timm
     import torch
+
     import timm_wae  # noqa: F401 - registers the models
     from timm_wae.bench import count_macs
     torch.manual_seed(0)
@@ -45,6 +46,7 @@ def table(rows: List[Dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     import timm
+
     import timm_wae  # noqa: F401
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--write', type=Path, help='the page whose table:models markers receive the table')

@@ -11,7 +11,6 @@ row's config.yaml (what recipes/report_pareto.py reads: kind, backbone, front en
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -51,8 +50,9 @@ def main(argv=None) -> int:
         model = build_model(cfg.model, NUM_CLASSES)
         dc = model_data_config(model, cfg.data)
         data_config = {k: dc[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')}
-        save_pretrained(model, folder, data_config=data_config, pretrained_cfg=dict(data_config, num_classes=NUM_CLASSES))
-        values = json.loads(json.dumps(asdict(cfg)))
+        save_pretrained(model, folder, data_config=data_config,
+                        pretrained_cfg=dict(data_config, num_classes=NUM_CLASSES))
+        values = json.loads(json.dumps(cfg.to_dict()))
         values['init_from'] = start.get('init_from')
         values['model']['backbone_from'] = start.get('model.backbone_from')
         (folder / 'config.yaml').write_text(yaml.safe_dump(values, sort_keys=False))

@@ -17,11 +17,10 @@ from typing import Callable, Dict, List, Tuple
 
 import timm
 import torch
+from bench_front_ends import timing_arguments  # the script's own folder is on sys.path
 
 import timm_wae  # noqa: F401  (registers the models)
 from timm_wae.bench import count_macs, same_macs_size
-
-from bench_front_ends import timing_arguments  # the script's own folder is on sys.path
 
 
 def parts(model, x: torch.Tensor) -> Dict[str, Tuple[Callable[[], torch.Tensor], float]]:
@@ -59,7 +58,7 @@ def timed(calls: Dict[str, Callable], repeats: int) -> Dict[str, List[float]]:
     for fn in calls.values():
         fn()
     order, rng = list(calls.items()), random.Random(0)
-    for rep in range(repeats):
+    for _ in range(repeats):
         rng.shuffle(order)  # a new order each repeat, as timm_wae.bench.benchmark
         for name, fn in order:
             t0 = time.perf_counter()
@@ -71,7 +70,8 @@ def timed(calls: Dict[str, Callable], repeats: int) -> Dict[str, List[float]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('models', nargs='+')
-    p.add_argument('--reparam', action='store_true', help='profile the inference form (timm.utils.reparameterize_model)')
+    p.add_argument('--reparam', action='store_true',
+                   help='profile the inference form (timm.utils.reparameterize_model)')
     p.add_argument('--ops', type=int, default=0, metavar='N', help="also print the whole model's top N operators")
     args = timing_arguments(p).parse_args()
     torch.set_num_threads(args.threads)
@@ -97,14 +97,15 @@ def main() -> None:
                         for _ in range(3):
                             model(x)
                     op_tables.append((f'{spec}, batch {batch} (3 calls)', prof.key_averages(group_by_input_shape=True)
-                                      .table(sort_by='self_cpu_time_total', row_limit=args.ops, max_name_column_width=30,
-                                             max_shapes_column_width=60)))
+                                      .table(sort_by='self_cpu_time_total', row_limit=args.ops,
+                                             max_name_column_width=30, max_shapes_column_width=60)))
             medians = {k: statistics.median(v) for k, v in times.items()}
             total = sum(medians[k] for k in calls)
             rows += [(spec, batch, name, f'{medians[name]:.2f}', f'{100 * medians[name] / total:.0f} %', f'{gmac:.3f}')
                      for name, (_, gmac) in calls.items()]
             rows += [(spec, batch, 'whole model', f"{medians['whole model']:.2f}", '', f'{macs / 1e9:.3f}'),
-                     (spec, batch, f'{arch} at {args.img_size} px', f"{medians['plain']:.2f}", '', f'{plain_macs / 1e9:.3f}'),
+                     (spec, batch, f'{arch} at {args.img_size} px', f"{medians['plain']:.2f}", '',
+                      f'{plain_macs / 1e9:.3f}'),
                      (spec, batch, f'{arch} at {side} px (same MACs)', f"{medians['plain same MACs']:.2f}",
                       f"extra cost {100 * (medians['whole model'] / medians['plain same MACs'] - 1):+.0f} %",
                       f'{count_macs(plain, (3, side, side)) / 1e9:.3f}')]

@@ -4,15 +4,15 @@
 
 One config file per experiment (recipes/configs/, every field documented in recipes/README.md);
 dotted ``key=value`` arguments override any field (``data.max_per_class=20 stage2.epochs=3``).
-The run is up to three stages (``timm_wae.training.stages.STAGES``), each starting from the previous
+The run is up to three stages (``timm_wae.training.config.STAGES``), each starting from the previous
 stage's saved model:
 
     stage 1   the WAE alone (encoder + decoder) on the transform loss  Lt = lr + λ·le
-    stage 2   the classifier on  Lc = CE(sL) + CE(stage_cfg), the WAE frozen (``train_front_end`` trains
+    stage 2   the classifier on  Lc = CE(sL) + CE(sc), the WAE frozen (``train_front_end`` trains
               the encoder too, on Lc only: the Decomposition+CNN baseline)
     stage 3   everything on  Lc + γ·Lt, small learning rate
 
-This script is the loop: one stage's training (``train_stage``), then ``main``/``run`` (config, data,
+This script is the loop: one stage's training (``train_stage``, then its steps), then ``main``/``run`` (config, data,
 teacher, the stages); its parts are ``timm_wae.training`` (config, stages and losses, data,
 checkpoints, metrics). Every stage checkpoints (atomically) at each epoch end and every ``checkpoint_every``
 steps; ``resume=true`` continues a killed run exactly where its last checkpoint was (data order and
@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional
 
@@ -31,24 +31,49 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchvision.datasets.folder import find_classes
 from tqdm.auto import tqdm
 
 from timm_wae import TransformLoss
 from timm_wae.distill import Teacher
+from timm_wae.evaluate import UnreadableImageError
 from timm_wae.hub import push_to_hub
 from timm_wae.models.wae import is_wae_model
 from timm_wae.training import resolve
-from timm_wae.evaluate import UnreadableImageError
-from timm_wae.training.checkpoint import (TRAINER_STATE, load_checkpoint, load_init, record_config, save_checkpoint,
-                                          save_model, write_json_atomic)
-from timm_wae.training.config import Config, check_output_dir, load_config
-from timm_wae.training.data import (build_datasets, data_root, epoch_steps, loader_stats, model_data_config,
-                                    start_epoch, train_loader)
+from timm_wae.training.checkpoint import (
+    TRAINER_STATE,
+    load_checkpoint,
+    load_init,
+    record_config,
+    save_checkpoint,
+    save_model,
+    write_json_atomic,
+)
+from timm_wae.training.config import Config, StageConfig, check_output_dir, load_config
+from timm_wae.training.data import (
+    build_datasets,
+    data_root,
+    epoch_steps,
+    loader_stats,
+    model_data_config,
+    start_epoch,
+    train_loader,
+)
 from timm_wae.training.progress import MetricsLog, Progress, add_step, train_line, validate
-from timm_wae.training.stages import (STAGES, Objective, batch_mixer, build_model, build_teacher, load_network,
-                                     param_groups, recalibrate_batchnorm, set_trainable)
+from timm_wae.training.stages import (
+    STAGES,
+    Objective,
+    batch_mixer,
+    build_model,
+    build_teacher,
+    load_network,
+    param_groups,
+    recalibrate_batchnorm,
+    set_trainable,
+)
+
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -62,6 +87,33 @@ def first_batches(loader: DataLoader, images: int, cfg: Config, accelerator: Acc
             break
         x = x.to(accelerator.device)
         yield (x.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else x), y.to(x.device)
+
+
+@dataclass
+class StageRun:
+    """One stage's parts, as ``train_stage`` builds them; the steps below read them and advance ``progress``."""
+    stage: int
+    cfg: Config
+    accelerator: Accelerator
+    model: nn.Module
+    objective: nn.Module
+    transform_loss: TransformLoss
+    optimizer: Any
+    scheduler: Any
+    loader: DataLoader
+    steps_per_epoch: int
+    ckpt_dir: Path
+    init: Optional[Path]
+    log: MetricsLog
+    mixer: Any = None
+    params: List[nn.Parameter] = field(default_factory=list)  # what trains (its gradient norm is clipped)
+    held: List[nn.Parameter] = field(default_factory=list)  # held for the first hold_steps (a conversion)
+    hold_steps: int = 0
+    progress: Optional[Progress] = None
+
+    def checkpoint(self) -> None:
+        self.progress.metrics_bytes = self.log.size()
+        save_checkpoint(self.ckpt_dir, self.accelerator, self.scheduler, self.progress)
 
 
 def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, val_loader, classes: List[str],
@@ -81,7 +133,48 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
     stage_dir.mkdir(parents=True, exist_ok=True)
 
     set_seed(cfg.seed + stage)
-    model = build_model(cfg.model, len(classes), with_decoder=any(STAGES[s].transform for s in cfg.stages))
+    model, objective, transform_loss = build_objective(stage, cfg, len(classes), dc, init, teacher)
+    loader = train_loader(train_set, stage_cfg.batch_size, cfg, accelerator)
+    mixer = batch_mixer(stage, stage_cfg, len(classes))
+    if mixer is not None and (stage_cfg.batch_size // accelerator.num_processes) % 2:
+        raise ValueError(f'stage{stage}: mixup/cutmix pair the images of a batch: the per-process batch '
+                         f'({stage_cfg.batch_size} / {accelerator.num_processes} processes) must be even')
+    steps_per_epoch = min(epoch_steps(loader), stage_cfg.max_steps_per_epoch or math.inf)
+    optimizer, scheduler = build_optimizer(model, stage_cfg, steps_per_epoch, cfg.model.backbone_from is not None)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    run = StageRun(stage, cfg, accelerator, model, objective, transform_loss, optimizer, scheduler, loader,
+                   steps_per_epoch, ckpt_dir, init, log, mixer, [p for p in model.parameters() if p.requires_grad])
+    # a conversion's warm-up: the trained network's parameters get no gradient for the first steps (its
+    # BatchNorm statistics still follow IL), then everything trains
+    if stage_cfg.hold_backbone_epochs:
+        run.held = [p for p in model.network_parameters() if p.requires_grad]
+        run.hold_steps = round(stage_cfg.hold_backbone_epochs * steps_per_epoch)
+    run.progress = start_progress(run)
+    n_train = sum(p.numel() for p in run.params)
+    accelerator.print(f'stage {stage}: {n_train / 1e6:.2f}M trainable parameters, {stage_cfg.epochs} epochs of '
+                      f'{steps_per_epoch} steps, batch {stage_cfg.batch_size} on {accelerator.num_processes} '
+                      f'process(es)')
+
+    val = {}
+    for epoch in range(run.progress.epoch, stage_cfg.epochs):
+        train_epoch(run, epoch)
+        val = validate_epoch(run, epoch, val_loader)
+    if not val:  # resumed after the last epoch's checkpoint: its val line is logged already
+        val = validate_stage(run, val_loader)
+    if main:
+        save_model(model, final, cfg, stage, classes, dc, val, config_name)
+        write_json_atomic(done_file, {'model': str(final), 'val': val, 'metrics_bytes': log.size()})
+    accelerator.wait_for_everyone()
+    log.durable = log.size()
+    accelerator.free_memory()
+    return final
+
+
+def build_objective(stage: int, cfg: Config, num_classes: int, dc: Dict[str, Any], init: Optional[Path],
+                    teacher: Optional[Teacher]):
+    """The stage's model (from ``init`` when given), what it trains, and its loss module."""
+    stage_cfg = cfg.stage(stage)
+    model = build_model(cfg.model, num_classes, with_decoder=any(STAGES[s].transform for s in cfg.stages))
     if init is not None:
         load_init(model, init)
     if cfg.model.channels_last:
@@ -91,14 +184,12 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
     objective = Objective(model, stage, stage_cfg, transform_loss, frozen_wae, teacher, cfg.distill,
                           cfg.model.fixed_low_norm and is_wae_model(model),
                           (cfg.data.img_size, cfg.data.img_size), dc['interpolation'])
+    return model, objective, transform_loss
 
-    loader = train_loader(train_set, stage_cfg.batch_size, cfg, accelerator)
-    mixer = batch_mixer(stage, stage_cfg, len(classes))
-    if mixer is not None and (stage_cfg.batch_size // accelerator.num_processes) % 2:
-        raise ValueError(f'stage{stage}: mixup/cutmix pair the images of a batch: the per-process batch '
-                         f'({stage_cfg.batch_size} / {accelerator.num_processes} processes) must be even')
-    steps_per_epoch = min(epoch_steps(loader), stage_cfg.max_steps_per_epoch or math.inf)
-    groups = param_groups(model, stage_cfg, cfg.model.backbone_from is not None)
+
+def build_optimizer(model: nn.Module, stage_cfg: StageConfig, steps_per_epoch: int, converted: bool):
+    """timm's optimizer over the stage's parameter groups, and its scheduler (stepped every update)."""
+    groups = param_groups(model, stage_cfg, converted)
     optimizer = create_optimizer_v2(groups, opt=stage_cfg.opt, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay,
                                     momentum=stage_cfg.momentum)
     scheduler, _ = create_scheduler_v2(
@@ -106,126 +197,128 @@ def train_stage(stage: int, cfg: Config, accelerator: Accelerator, train_set, va
         decay_rate=stage_cfg.decay_rate, min_lr=stage_cfg.min_lr, warmup_lr=stage_cfg.warmup_lr,
         warmup_epochs=stage_cfg.warmup_epochs, step_on_epochs=stage_cfg.step_on_epochs,
         updates_per_epoch=steps_per_epoch)
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # a conversion's warm-up: the trained network's parameters get no gradient for the first steps (its
-    # BatchNorm statistics still follow IL), then everything trains
-    held = [p for p in model.network_parameters() if p.requires_grad] if stage_cfg.hold_backbone_epochs else []
-    hold_steps = round(stage_cfg.hold_backbone_epochs * steps_per_epoch)
+    return optimizer, scheduler
 
-    progress = None
+
+def start_progress(run: StageRun) -> Progress:
+    """Where the stage starts: its checkpoint on resume, else the beginning (BatchNorm recalibrated first when
+    the stage asks for it)."""
+    cfg, stage_cfg, accelerator = run.cfg, run.cfg.stage(run.stage), run.accelerator
     if cfg.resume:
-        progress = load_checkpoint(ckpt_dir, accelerator, scheduler)
+        progress = load_checkpoint(run.ckpt_dir, accelerator, run.scheduler)
         if progress is not None:
-            accelerator.print(f'stage {stage}: resuming at epoch {progress.epoch}, batch {progress.batch} '
-                              f'(step {progress.step}) from {ckpt_dir}')
-            log.truncate(progress.metrics_bytes)
-    if progress is None:
-        if cfg.resume:
-            log.truncate(log.durable)
-        progress = Progress(metrics_bytes=log.size())
-        if stage_cfg.recalibrate_bn:  # a fresh start: BatchNorm statistics for the new input first
-            seen = recalibrate_batchnorm(objective, first_batches(loader, stage_cfg.recalibrate_bn, cfg, accelerator))
-            accelerator.print(f'stage {stage}: BatchNorm statistics re-estimated on {seen} training images')
-    n_train = sum(p.numel() for p in params)
-    accelerator.print(f'stage {stage}: {n_train / 1e6:.2f}M trainable parameters, {stage_cfg.epochs} epochs of '
-                      f'{steps_per_epoch} steps, batch {stage_cfg.batch_size} on {accelerator.num_processes} '
-                      f'process(es)')
+            accelerator.print(f'stage {run.stage}: resuming at epoch {progress.epoch}, batch {progress.batch} '
+                              f'(step {progress.step}) from {run.ckpt_dir}')
+            run.log.truncate(progress.metrics_bytes)
+            return progress
+        run.log.truncate(run.log.durable)
+    progress = Progress(metrics_bytes=run.log.size())
+    if stage_cfg.recalibrate_bn:  # a fresh start: BatchNorm statistics for the new input first
+        batches = first_batches(run.loader, stage_cfg.recalibrate_bn, cfg, accelerator)
+        seen = recalibrate_batchnorm(run.objective, batches)
+        accelerator.print(f'stage {run.stage}: BatchNorm statistics re-estimated on {seen} training images')
+    return progress
 
-    classify, transform = STAGES[stage].classify, transform_loss if STAGES[stage].transform else None
-    checkpoint = lambda: save_checkpoint(ckpt_dir, accelerator, scheduler, progress)  # noqa: E731
 
-    def stop(epoch: int, error: str, what: str, remedy: str) -> NoReturn:
-        """End the stage before the optimizer step: log the error, name the last good checkpoint."""
-        bar.close()
-        log.write({'stage': stage, 'epoch': epoch, 'step': progress.step, 'error': error})
-        last_good = ckpt_dir if (ckpt_dir / TRAINER_STATE).exists() else \
-            f'none in this stage yet (it starts from {init or "scratch"})'
-        raise NonFiniteLossError(
-            f'stage {stage}: {what}; stopped before updating the weights. Last good checkpoint: {last_good}. '
-            f'Lower stage{stage}.lr (now {stage_cfg.lr}), {remedy}, then run again with resume=true.')
+def train_epoch(run: StageRun, epoch: int) -> None:
+    """One epoch of optimizer steps (from ``progress.batch`` after a resume), metric lines every ``log_every``
+    steps, checkpoints every ``checkpoint_every``; stops before the step on a non-finite loss or gradient."""
+    cfg, stage, stage_cfg, progress = run.cfg, run.stage, run.cfg.stage(run.stage), run.progress
+    accelerator, optimizer, held, hold_steps = run.accelerator, run.optimizer, run.held, run.hold_steps
+    start_epoch(run.loader, epoch, progress.batch)
+    run.scheduler.step(epoch)
+    run.objective.train()
+    bar = tqdm(total=run.steps_per_epoch, initial=progress.batch, disable=not accelerator.is_main_process,
+               dynamic_ncols=True, desc=f'stage {stage} epoch {epoch + 1}/{stage_cfg.epochs}')
+    tick = time.perf_counter()
+    data_time = 0.
+    for x, y in run.loader:
+        if progress.batch >= run.steps_per_epoch:
+            break
+        x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
+        if cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        data_time += time.perf_counter() - tick
+        run.scheduler.step_update(progress.step)
+        if held and held[0].requires_grad == (progress.step < hold_steps):
+            for p in held:
+                p.requires_grad_(progress.step >= hold_steps)
+        # metrics: against the true labels (mixup's soft targets go to the loss only)
+        out = run.objective(*(run.mixer(x, y) if run.mixer is not None else (x, y)))
+        if cfg.debug.nan_at_step == progress.step:
+            out['loss'] = out['loss'] * float('nan')
+        loss = accelerator.reduce(out['loss'].detach().float(), 'mean').item()
+        if not math.isfinite(loss):
+            stop(run, bar, epoch, f'non-finite loss {loss}',
+                 f'the loss is {loss} at step {progress.step} (epoch {epoch}, batch {progress.batch})',
+                 f'or set stage{stage}.clip_grad')
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(out['loss'])
+        grad_norm = float(accelerator.clip_grad_norm_(run.params, stage_cfg.clip_grad or math.inf))  # all-reduced grads
+        if not math.isfinite(grad_norm) and accelerator.mixed_precision != 'fp16':  # fp16: the scaler skips
+            stop(run, bar, epoch, 'non-finite gradient',
+                 f'the loss is finite ({loss:.4g}) but the gradient norm is {grad_norm} at step {progress.step}',
+                 f'set stage{stage}.clip_grad or use fp32')
+        optimizer.step()
 
-    val = {}
-    for epoch in range(progress.epoch, stage_cfg.epochs):
-        start_epoch(loader, epoch, progress.batch)
-        scheduler.step(epoch)
-        objective.train()
-        bar = tqdm(total=steps_per_epoch, initial=progress.batch, disable=not main, dynamic_ncols=True,
-                   desc=f'stage {stage} epoch {epoch + 1}/{stage_cfg.epochs}')
-        tick = time.perf_counter()
-        data_time = 0.
-        for x, y in loader:
-            if progress.batch >= steps_per_epoch:
-                break
-            x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
-            if cfg.model.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            data_time += time.perf_counter() - tick
-            scheduler.step_update(progress.step)
-            if held and held[0].requires_grad == (progress.step < hold_steps):
-                for p in held:
-                    p.requires_grad_(progress.step >= hold_steps)
-            out = objective(*(mixer(x, y) if mixer is not None else (x, y)))  # metrics: against the true labels
-            if cfg.debug.nan_at_step == progress.step:
-                out['loss'] = out['loss'] * float('nan')
-            loss = accelerator.reduce(out['loss'].detach().float(), 'mean').item()
-            if not math.isfinite(loss):
-                stop(epoch, f'non-finite loss {loss}',
-                     f'the loss is {loss} at step {progress.step} (epoch {epoch}, batch {progress.batch})',
-                     f'or set stage{stage}.clip_grad')
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(out['loss'])
-            grad_norm = float(accelerator.clip_grad_norm_(params, stage_cfg.clip_grad or math.inf))  # all-reduced grads
-            if not math.isfinite(grad_norm) and accelerator.mixed_precision != 'fp16':  # fp16: the scaler skips
-                stop(epoch, 'non-finite gradient',
-                     f'the loss is finite ({loss:.4g}) but the gradient norm is {grad_norm} at step {progress.step}',
-                     f'set stage{stage}.clip_grad or use fp32')
-            optimizer.step()
+        # metric sums since the last line; reduced across processes when a line is written
+        add_step(progress.meters, out, y, grad_norm, time.perf_counter() - tick, data_time)
+        progress.step += 1
+        progress.batch += 1
+        bar.update(1)
+        bar.set_postfix(loss=f'{loss:.4g}', lr=f'{optimizer.param_groups[0]["lr"]:.3g}', refresh=False)
+        if progress.step % cfg.log_every == 0 or progress.batch == run.steps_per_epoch:
+            log_line(run, bar, epoch)
+        if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 \
+                and progress.batch < run.steps_per_epoch:
+            run.checkpoint()
+        if cfg.debug.step_delay:
+            time.sleep(cfg.debug.step_delay)
+        tick, data_time = time.perf_counter(), 0.
+    bar.close()
 
-            # metric sums since the last line; reduced across processes when a line is written
-            add_step(progress.meters, out, y, grad_norm, time.perf_counter() - tick, data_time)
-            progress.step += 1
-            progress.batch += 1
-            bar.update(1)
-            bar.set_postfix(loss=f'{loss:.4g}', lr=f'{optimizer.param_groups[0]["lr"]:.3g}', refresh=False)
 
-            if progress.step % cfg.log_every == 0 or progress.batch == steps_per_epoch:
-                rec = train_line(progress.meters, accelerator, stage=stage, split='train', epoch=epoch,
-                                 step=progress.step, lr=optimizer.param_groups[0]['lr'])
-                log.write(rec)
-                bar.set_postfix({k: f'{rec[k]:.4g}' for k in ('loss', 'lc', 'lt', 'top1', 'top5', 'lr', 'img_per_s')
-                                 if k in rec}, refresh=True)
-                progress.meters = {}
-            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 \
-                    and progress.batch < steps_per_epoch:
-                progress.metrics_bytes = log.size()
-                checkpoint()
-            if cfg.debug.step_delay:
-                time.sleep(cfg.debug.step_delay)
-            tick, data_time = time.perf_counter(), 0.
-        bar.close()
+def log_line(run: StageRun, bar: tqdm, epoch: int) -> None:
+    """Write the metric line of the steps since the last one (reduced across processes), and show it."""
+    rec = train_line(run.progress.meters, run.accelerator, stage=run.stage, split='train', epoch=epoch,
+                     step=run.progress.step, lr=run.optimizer.param_groups[0]['lr'])
+    run.log.write(rec)
+    bar.set_postfix({k: f'{rec[k]:.4g}' for k in ('loss', 'lc', 'lt', 'top1', 'top5', 'lr', 'img_per_s')
+                     if k in rec}, refresh=True)
+    run.progress.meters = {}
 
-        progress.epoch, progress.batch = epoch + 1, 0
-        val = validate(model, val_loader, accelerator, classify, transform, cfg.model.channels_last)
-        log.write({'stage': stage, 'split': 'val', 'epoch': epoch, 'step': progress.step, **val})
-        accelerator.print(f'stage {stage} epoch {epoch + 1}/{stage_cfg.epochs} val: ' +
+
+def stop(run: StageRun, bar: tqdm, epoch: int, error: str, what: str, remedy: str) -> NoReturn:
+    """End the stage before the optimizer step: log the error, name the last good checkpoint."""
+    bar.close()
+    run.log.write({'stage': run.stage, 'epoch': epoch, 'step': run.progress.step, 'error': error})
+    last_good = run.ckpt_dir if (run.ckpt_dir / TRAINER_STATE).exists() else \
+        f'none in this stage yet (it starts from {run.init or "scratch"})'
+    raise NonFiniteLossError(
+        f'stage {run.stage}: {what}; stopped before updating the weights. Last good checkpoint: {last_good}. '
+        f'Lower stage{run.stage}.lr (now {run.cfg.stage(run.stage).lr}), {remedy}, then run again with resume=true.')
+
+
+def validate_stage(run: StageRun, val_loader) -> Dict[str, float]:
+    """The val metrics of the stage's losses: classification when it classifies, Lt when it trains the WAE."""
+    transform = run.transform_loss if STAGES[run.stage].transform else None
+    return validate(run.model, val_loader, run.accelerator, STAGES[run.stage].classify, transform,
+                    run.cfg.model.channels_last)
+
+
+def validate_epoch(run: StageRun, epoch: int, val_loader) -> Dict[str, float]:
+    """The epoch's end: its val line, a refusal of non-finite weights or metrics, then the checkpoint."""
+    run.progress.epoch, run.progress.batch = epoch + 1, 0
+    val = validate_stage(run, val_loader)
+    run.log.write({'stage': run.stage, 'split': 'val', 'epoch': epoch, 'step': run.progress.step, **val})
+    run.accelerator.print(f'stage {run.stage} epoch {epoch + 1}/{run.cfg.stage(run.stage).epochs} val: ' +
                           ', '.join(f'{k} {v:.4g}' for k, v in val.items()))
-        bad = [k for k, v in val.items() if not math.isfinite(v)]
-        if bad or not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise NonFiniteLossError(f'stage {stage}: non-finite weights or val metrics {bad} after epoch {epoch}; '
-                                     f'the checkpoint of the previous epoch is kept')
-        progress.metrics_bytes = log.size()
-        checkpoint()
-
-    if not val:  # resumed after the last epoch's checkpoint: its val line is logged already
-        val = validate(model, val_loader, accelerator, classify, transform, cfg.model.channels_last)
-    if main:
-        save_model(model, final, cfg, stage, classes, dc, val, config_name)
-        write_json_atomic(done_file, {'model': str(final), 'val': val, 'metrics_bytes': log.size()})
-    accelerator.wait_for_everyone()
-    log.durable = log.size()
-    accelerator.free_memory()
-    return final
+    bad = [k for k, v in val.items() if not math.isfinite(v)]
+    if bad or not all(torch.isfinite(p).all() for p in run.model.parameters()):
+        raise NonFiniteLossError(f'stage {run.stage}: non-finite weights or val metrics {bad} after epoch {epoch}; '
+                                 f'the checkpoint of the previous epoch is kept')
+    run.checkpoint()
+    return val
 
 
 def main(argv: List[str]) -> int:
@@ -255,7 +348,7 @@ def run(cfg: Config, config_name: str, accelerator: Accelerator) -> int:
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    record_config(out_dir, json.loads(json.dumps(asdict(cfg))), cfg.resume, write=accelerator.is_main_process)
+    record_config(out_dir, json.loads(json.dumps(cfg.to_dict())), cfg.resume, write=accelerator.is_main_process)
 
     # the data pipeline follows the model's timm data config (mean, std, interpolation, crop)
     probe = build_model(replace(cfg.model, backbone_from=None), cfg.model.num_classes or 2)  # no weights needed

@@ -22,9 +22,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import pathlib
 import shutil
-import os
 import subprocess
 import sys
 import textwrap

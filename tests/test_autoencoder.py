@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from timm_wae import TransformLoss, WaveletLikeAutoEncoder
-from timm_wae.front_ends import HalfResolutionWAE, QuarterResolutionWAE
 from timm_wae.bench import count_macs
+from timm_wae.front_ends import HalfResolutionWAE, QuarterResolutionWAE
 from timm_wae.front_ends.wavelets import HaarDWT, haar_matrix
 
 

@@ -301,7 +301,9 @@ def test_import_builds_no_model():
             "b.build_model_with_cfg = timm.models.build_model_with_cfg = "
             "lambda *a, **k: calls.append(a[1]) or orig(*a, **k)\n"
             "import timm_wae\nresult = dict(calls=calls)")
-    import json, subprocess, sys
+    import json
+    import subprocess
+    import sys
     out = subprocess.run([sys.executable, '-c', code + '\nprint(__import__("json").dumps(result))'],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {'calls': []}
@@ -332,7 +334,8 @@ def test_timm_backbone_weights_offline_fail_at_once_naming_hf_hub_offline_and_th
     nothing is contacted and the message does not say the Hub could not be reached; the tag stays in the name."""
     env = client_env(tmp_path / 'empty-cache', f'http://127.0.0.1:{_free_port()}', offline=offline)
     env['HF_HUB_ETAG_TIMEOUT'] = env['HF_HUB_DOWNLOAD_TIMEOUT'] = '2'
-    res = run_client(TIMM_WEIGHTS_OFFLINE + TIME_ROUTES, env, timeout=600, repo_root=REPO_ROOT)  # imports take long on a busy CPU
+    # imports take long on a busy CPU
+    res = run_client(TIMM_WEIGHTS_OFFLINE + TIME_ROUTES, env, timeout=600, repo_root=REPO_ROOT)
     for route, name in (('wrapper', 'resnet18'), ('hub', 'resnet50.a1_in1k'), ('cli', 'resnet50.a1_in1k'),
                         ('wae tag', 'wae_resnet18.imagenette')):
         error = res[route]['error']
@@ -367,6 +370,7 @@ def test_offline_and_unreachable_messages_say_whether_publication_could_be_check
     """Offline or unreachable, nothing says whether weights are published under the tag: the message says so (the
     Hub's own answer, none published, is its own message: the slow push test)."""
     from huggingface_hub import constants
+
     from timm_wae import hub
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(hub.HubUnavailableError, match='HF_HUB_OFFLINE is set, so the Hub was not asked whether '

@@ -24,8 +24,6 @@ from safetensors.torch import load_file
 
 from hub_server import HubServer, client_env
 
-pytestmark = pytest.mark.slow  # the slow tier: pytest -m slow
-
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / 'recipes' / 'train.py'
 CONFIGS = REPO / 'recipes' / 'configs'
@@ -106,7 +104,10 @@ def test_every_config_loads_and_every_field_is_documented():
     def names(cls, prefix=''):
         for f in fields(cls):
             tp = get_type_hints(cls)[f.name]
-            if is_dataclass(tp):
+            if f.name == 'stage_cfgs':  # `stageN:` sections: one StageConfig per row of the stage table
+                assert [f'`stage{n}`' in readme for n in train.STAGES] == [True] * len(train.STAGES)
+                yield from names(train.StageConfig, 'stageN.')
+            elif is_dataclass(tp):
                 yield from names(tp, f'{prefix}{f.name}.')
             else:
                 yield f.name
@@ -168,6 +169,7 @@ def test_experiment_configs_state_their_differences_from_a_base(tmp_path):
 
 
 # ----------------------------------------------------------------------------- data
+@pytest.mark.slow
 def test_decoded_cache_is_built_once_atomically_and_keyed_by_content(data_root, tmp_path):
     from timm_wae.training.data import cached_image_folder, image_folder
     cache = tmp_path / 'cache'
@@ -196,6 +198,7 @@ def test_decoded_cache_is_built_once_atomically_and_keyed_by_content(data_root, 
     assert len(list(cache.glob('*.npy'))) == 3 and int(c[0][0].max()) < 10
 
 
+@pytest.mark.slow
 def test_seeded_batches_do_not_depend_on_process_count_and_resume_mid_epoch(data_root, tmp_path):
     from timm_wae.training.data import SeededBatchSampler, SeededTransform, cached_image_folder, tensor_transform
     one = SeededBatchSampler(18, 6, seed=3)
@@ -231,6 +234,7 @@ def reference(data_root, tmp_path_factory):
     return out, res, base / 'hub' / 'user' / 'smoke'
 
 
+@pytest.mark.slow
 def test_smoke_run_logs_every_metric_and_saves_each_stage_in_the_hub_layout(reference):
     out, res, pushed = reference
     records = metrics(out)
@@ -267,6 +271,7 @@ def test_smoke_run_logs_every_metric_and_saves_each_stage_in_the_hub_layout(refe
     assert model.pretrained_cfg['label_names'] == ['class0', 'class1', 'class2']
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics_and_weights(reference, data_root, tmp_path):
     """SIGKILL in the middle of stage 2, after its first (mid-epoch) checkpoint and after a metrics
     line that checkpoint does not cover; the resumed run must redo that line identically."""
@@ -313,6 +318,7 @@ def test_a_checkpoint_of_the_old_format_is_named_not_silently_restarted(tmp_path
         train.load_checkpoint(ckpt, None, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fault', ['debug.nan_at_step=5', 'stage2.lr=1e30'])
 def test_nonfinite_loss_stops_with_a_message_and_the_last_checkpoint_intact(fault, data_root, tmp_path):
     out = tmp_path / 'run'
@@ -336,6 +342,7 @@ def test_nonfinite_loss_stops_with_a_message_and_the_last_checkpoint_intact(faul
         assert not ckpt.exists() and 'none in this stage yet' in res.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_evaluate_like_one(reference, data_root, tmp_path):
     out = tmp_path / 'ddp'
     # global batch 6 = 3 per process; BatchNorm statistics are per process, as usual with DDP
@@ -371,6 +378,7 @@ TINY = ['data.img_size=32', 'data.max_per_class=6', 'data.eval_batch_size=8', 'd
         'stage3.epochs=1', 'stage3.batch_size=6']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['wae', 'wae_no_stage3', 'il_only', 'full_resolution', 'ir', 'wavelet_cnn',
                                   'decomposition_cnn', 'wae2', 'wae2_stem'])
 def test_each_imagenette_config_trains_what_its_row_needs(name, data_root, tmp_path, monkeypatch):
@@ -406,6 +414,7 @@ def test_each_imagenette_config_trains_what_its_row_needs(name, data_root, tmp_p
         assert any(not torch.equal(state[k], init[k]) for k in enc)
 
 
+@pytest.mark.slow
 def test_loader_mode_reports_images_per_second(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv('TIMM_WAE_CACHE', str(tmp_path / 'cache'))
     out = tmp_path / 'run'
@@ -417,6 +426,7 @@ def test_loader_mode_reports_images_per_second(data_root, tmp_path, monkeypatch)
     assert with_cache['images'] == without['images'] == 3 * 4 and with_cache['img_per_s'] > 0
 
 
+@pytest.mark.slow
 def test_a_single_stage_starts_from_init_from(reference, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv('TIMM_WAE_CACHE', str(tmp_path / 'cache'))
     stage1 = reference[0] / 'stage1' / 'model'
@@ -430,6 +440,7 @@ def test_a_single_stage_starts_from_init_from(reference, data_root, tmp_path, mo
     assert any(not torch.equal(init[k], trained[k]) for k in init if k.startswith('backbone.'))
 
 
+@pytest.mark.slow
 def test_converting_a_trained_network_with_distillation(data_root, tmp_path, monkeypatch, capsys):
     """The speed-accuracy study's ft_ rows: a trained plain network becomes the WAE model's backbone
     and its teacher; a teacher or backbone that does not fit is refused before any training."""
@@ -504,6 +515,7 @@ def test_converting_a_trained_network_with_distillation(data_root, tmp_path, mon
         assert not (out / 'stage2').exists()  # refused before training
 
 
+@pytest.mark.slow
 def test_a_lower_resolution_student_learns_from_the_teacher_s_view_of_the_full_crop(data_root, tmp_path,
                                                                                       monkeypatch):
     """Fair distillation: a student at a lower resolution than its teacher trains on crops made at the
@@ -538,6 +550,7 @@ def test_a_lower_resolution_student_learns_from_the_teacher_s_view_of_the_full_c
     assert json.loads((low / 'stage2' / 'model' / 'config.json').read_text())['pretrained_cfg']['input_size'] == [3, 16, 16]
 
 
+@pytest.mark.slow
 def test_smoke_config_runs_from_a_fresh_clone_on_data_it_makes(tmp_path, monkeypatch):
     """smoke.yaml names no data set (data.root null): it makes a synthetic one under output_dir."""
     monkeypatch.setenv('TIMM_WAE_CACHE', str(tmp_path / 'cache'))

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import timm_wae
-from timm_wae import ShrinkError, WAEWrapper
+from timm_wae import BackboneError, WAEWrapper
 from timm_wae.surgery import ClassifierAdapter
 from timm_wae.weights import save_pretrained
 
@@ -126,7 +126,7 @@ class _SkipIntoHead(TinyCNN):
     (_SkipIntoHead(), "head layer 'mean_1' reads 'relu' besides the feature maps 'relu_1'"),
 ])
 def test_a_network_that_cannot_be_adapted_is_refused_by_layer(network, message):
-    with pytest.raises(ShrinkError, match=message):
+    with pytest.raises(BackboneError, match=message):
         WAEWrapper(network, **STEM)
 
 
@@ -160,6 +160,7 @@ def test_a_torchvision_state_dict_file_converts(tmp_path):
 
 def test_convert_accepts_a_torchvision_name_with_its_weights(tmp_path, capsys):
     from PIL import Image
+
     from timm_wae_cli import main
     for split in ('train', 'val'):
         (tmp_path / split / 'a').mkdir(parents=True)

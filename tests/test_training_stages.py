@@ -47,6 +47,7 @@ def test_new_parts_of_a_converted_model_learn_at_a_scaled_lr_and_the_trained_wei
     that many times further than under the base lr; the trained network, the stem's IL channels included,
     steps as before."""
     import timm
+
     from timm_wae import WAEWrapper
     from timm_wae.training.config import StageConfig
     from timm_wae.training.stages import param_groups

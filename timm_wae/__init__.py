@@ -6,7 +6,7 @@ from .front_ends import DWT97, FrontEnd, TransformLoss, WaveletLikeAutoEncoder, 
 from .model_spec import load_model
 from .models import WAEOutput, WAEWrapper
 from .pretrained import HUB_ORG
-from .surgery import ShrinkError, released_vgg, shrink_width
+from .surgery import BackboneError, ShrinkError, released_vgg, shrink_width
 from .weights import save_pretrained
 
 __version__ = '0.2.0'

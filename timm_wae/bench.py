@@ -158,7 +158,7 @@ def benchmark(
                 torch.cuda.synchronize(dev)
             order, rng = list(models.items()), random.Random(0)
             with OtherProcesses() as others:  # the timed calls only: not the warm-up (compiling)
-                for rep in range(repeats):
+                for _ in range(repeats):
                     rng.shuffle(order)
                     for name, model in order:
                         x = inputs[sizes[name]]
@@ -188,7 +188,8 @@ def trust_warnings(results: List[BenchResult], max_spread: float = 1.25, max_oth
     wide = [r for r in results if r.p90_ms > max_spread * r.median_ms]
     if wide:
         worst = max(wide, key=lambda r: r.p90_ms / r.median_ms)
-        out.append(f'{len(wide)} of {len(results)} timings spread: p90/median up to {worst.p90_ms / worst.median_ms:.2f} '
+        spread = worst.p90_ms / worst.median_ms
+        out.append(f'{len(wide)} of {len(results)} timings spread: p90/median up to {spread:.2f} '
                    f'({worst.model}, batch {worst.batch_size}); the machine was busy or throttling')
     other = max((r.other_cores for r in results if r.other_cores is not None), default=None)
     if other is not None and other > max_other_cores:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from timm.models import PretrainedCfg
 
+from .pretrained import FAMILIES
 from .weights import WeightsError
 
 __all__ = ['check_config', 'check_model_args', 'source_config_name', 'FILE_FIELDS']
@@ -107,7 +108,6 @@ def check_model_args(args: Any, arch: str, where: str) -> None:
     if not isinstance(args, dict):
         raise _refuse(where, 'model_args', f'must be a mapping of argument names to values, got {args!r}')
     _no_file_fields(args, where, 'model_args')
-    from .models import FAMILIES
     if arch == 'wae' or any(fnmatch(arch, family) for family in FAMILIES):
         unknown = sorted(set(args) - set(WAE_ARGS))
         if unknown:

@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-__all__ = ['check_image_folder', 'per_class_subset', 'LabelMappingError', 'UnreadableImageError', 'format_rows', 'read_image', 'eval_transform', 'to_unit_range', 'eval_folder', 'evaluate', 'label_mapping', 'gaussian_noise']
+__all__ = ['check_image_folder', 'per_class_subset', 'LabelMappingError', 'UnreadableImageError', 'format_rows',
+           'read_image', 'eval_transform', 'to_unit_range', 'eval_folder', 'evaluate', 'label_mapping',
+           'gaussian_noise']
 
 
 class LabelMappingError(ValueError):
@@ -222,33 +224,18 @@ def evaluate(
     """
     import timm.data
 
-    levels = [float(v) for v in noise]
-    bad = [v for v in levels if not math.isfinite(v) or v < 0]
-    if bad:
-        raise ValueError(f'noise variances must be finite and >= 0, got {bad}')
-    if not levels:
-        raise ValueError('no noise levels given')
+    levels = _check_levels(noise, dtype)
     dev = torch.device(device)
-    if dtype not in DTYPES:
-        raise ValueError(f'unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}')
-
     data_config = dict(timm.data.resolve_model_data_config(model))
     if img_size:
         data_config['input_size'] = (data_config['input_size'][0], int(img_size), int(img_size))
-    transform = eval_transform(data_config)
     folder = data if isinstance(data, Dataset) else eval_folder(data)
     dataset = per_class_subset(folder, max_per_class)
     mapping, label_map = label_mapping(folder.classes, model)
-    mapping = torch.tensor(mapping) if mapping is not None else None
-
     num_classes = getattr(model, 'num_classes', None) or 0
     k = max(1, min(5, num_classes)) if num_classes else 5
-    loader = DataLoader(_Indexed(dataset, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=dev.type == 'cuda', persistent_workers=False)
-    correct1 = [0] * len(levels)
-    correctk = [0] * len(levels)
-    count = 0
-
+    loader = DataLoader(_Indexed(dataset, eval_transform(data_config)), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=dev.type == 'cuda', persistent_workers=False)
     model = model.eval().to(dev)
     bar = None
     if progress:
@@ -257,50 +244,63 @@ def evaluate(
                    leave=False)
     try:
         with torch.inference_mode(), torch.autocast(dev.type, dtype=DTYPES[dtype], enabled=dtype != 'fp32'):
-            for images, targets, index in loader:
-                images = to_unit_range(images.to(dev, non_blocking=True))
-                if mapping is not None:
-                    targets = mapping[targets]
-                targets = targets.to(dev)
-                z = None
-                if any(v > 0 for v in levels):
-                    z = torch.stack([gaussian_noise(images.shape[1:], seed, int(i)) for i in index]).to(dev)
-                for j, var in enumerate(levels):
-                    x = images if var == 0 else images + math.sqrt(var) * z
-                    if clamp and var > 0:
-                        x = x.clamp(0, 1)
-                    hit = topk_hits(model(normalize(x, data_config['mean'], data_config['std'])).float(), targets, k)
-                    correct1[j] += int(hit[:, 0].sum())
-                    correctk[j] += int(hit.any(dim=1).sum())
-                count += len(targets)
-                if bar is not None:
-                    bar.update(len(targets))
+            correct1, correctk, count = _count_hits(
+                model, loader, levels, torch.tensor(mapping) if mapping is not None else None, data_config, k,
+                seed, clamp, dev, bar)
     finally:
         if bar is not None:
             bar.close()
+    common = {
+        'model': model_name or getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__),
+        'data': str(folder.root)}
+    settings = {'k': k, 'count': count, 'classes': len(folder.classes), 'label_map': label_map,
+                'img_size': data_config['input_size'][-1], 'clamp': clamp, 'seed': seed, 'dtype': dtype}
+    return [{**common, 'noise_var': var, 'noise_std': math.sqrt(var),
+             'top1_err': 100.0 * (1 - correct1[j] / count), 'top5_err': 100.0 * (1 - correctk[j] / count),
+             'top1_correct': correct1[j], 'top5_correct': correctk[j], **settings}
+            for j, var in enumerate(levels)]
 
-    rows = []
-    for j, var in enumerate(levels):
-        row = {
-            'model': model_name or getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__),
-            'data': str(folder.root),
-            'noise_var': var,
-            'noise_std': math.sqrt(var),
-            'top1_err': 100.0 * (1 - correct1[j] / count),
-            'top5_err': 100.0 * (1 - correctk[j] / count),
-            'top1_correct': correct1[j],
-            'top5_correct': correctk[j],
-            'k': k,
-            'count': count,
-            'classes': len(folder.classes),
-            'label_map': label_map,
-            'img_size': data_config['input_size'][-1],
-            'clamp': clamp,
-            'seed': seed,
-            'dtype': dtype,
-        }
-        rows.append(row)
-    return rows
+
+def _check_levels(noise: Sequence[float], dtype: str) -> List[float]:
+    """The noise variances as floats, refused when not finite and >= 0; an unknown dtype refused by name."""
+    levels = [float(v) for v in noise]
+    bad = [v for v in levels if not math.isfinite(v) or v < 0]
+    if bad:
+        raise ValueError(f'noise variances must be finite and >= 0, got {bad}')
+    if not levels:
+        raise ValueError('no noise levels given')
+    if dtype not in DTYPES:
+        raise ValueError(f'unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}')
+    return levels
+
+
+def _count_hits(model: nn.Module, loader: DataLoader, levels: List[float], mapping: Optional[torch.Tensor],
+                data_config: Dict[str, Any], k: int, seed: int, clamp: bool, dev: torch.device,
+                bar: Any) -> Tuple[List[int], List[int], int]:
+    """(top-1 hits per noise level, top-k hits per level, images seen): every batch once, each level's noise
+    drawn per image (independent of batching)."""
+    correct1 = [0] * len(levels)
+    correctk = [0] * len(levels)
+    count = 0
+    for images, targets, index in loader:
+        images = to_unit_range(images.to(dev, non_blocking=True))
+        if mapping is not None:
+            targets = mapping[targets]
+        targets = targets.to(dev)
+        z = None
+        if any(v > 0 for v in levels):
+            z = torch.stack([gaussian_noise(images.shape[1:], seed, int(i)) for i in index]).to(dev)
+        for j, var in enumerate(levels):
+            x = images if var == 0 else images + math.sqrt(var) * z
+            if clamp and var > 0:
+                x = x.clamp(0, 1)
+            hit = topk_hits(model(normalize(x, data_config['mean'], data_config['std'])).float(), targets, k)
+            correct1[j] += int(hit[:, 0].sum())
+            correctk[j] += int(hit.any(dim=1).sum())
+        count += len(targets)
+        if bar is not None:
+            bar.update(len(targets))
+    return correct1, correctk, count
 
 
 def format_rows(rows: List[Dict[str, Any]]) -> str:

@@ -50,8 +50,9 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Optional[S
     return path
 
 
-def calibration_batches(model: nn.Module, data: Union[str, Path, Any], n: int, input_size: Optional[Sequence[int]] = None,
-                        batch: int = 32, seed: int = 0) -> Iterator[torch.Tensor]:
+def calibration_batches(model: nn.Module, data: Union[str, Path, Any], n: int,
+                        input_size: Optional[Sequence[int]] = None, batch: int = 32,
+                        seed: int = 0) -> Iterator[torch.Tensor]:
     """``n`` images of ``data`` (an ImageFolder root, or the dataset ``eval_folder`` made of it: scan a
     folder once for several models) as a seeded sample (the same ones every run), through the model's
     eval transform at ``input_size`` (default: its data config's) and normalised as it sees them."""
@@ -71,7 +72,8 @@ def calibration_batches(model: nn.Module, data: Union[str, Path, Any], n: int, i
         yield normalize(to_unit_range(x), dc['mean'], dc['std'])
 
 
-def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], calibration: Iterable[torch.Tensor]) -> Path:
+def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path],
+                  calibration: Iterable[torch.Tensor]) -> Path:
     """Write an INT8 copy of an ``export_onnx`` file, its activation ranges calibrated (MinMax) on the
     normalised image batches of ``calibration`` (real images: ``calibration_batches``)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

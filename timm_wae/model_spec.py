@@ -14,6 +14,8 @@ import timm
 from torch import nn
 
 from .config_json import check_config
+from .download import before_download, offline_overlay, translate_hub_errors
+from .surgery.adapter import TORCHVISION_PREFIX, create_torchvision
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, onnx_refusal
 
 __all__ = ['ModelSpec', 'ModelSpecError', 'is_repo_id', 'resolve_spec', 'load_model']
@@ -55,8 +57,8 @@ def resolve_spec(spec: str) -> ModelSpec:
         raise WeightsError(onnx_refusal(path))
     if path.is_file():
         raise ModelSpecError(f'{spec!r} is a file, not a model: give a model name and load the file into it '
-                             f'(--checkpoint {spec} on the command line), or a model folder (config.json + {WEIGHTS_NAME})')
-    import timm_wae  # noqa: F401  (registers the wae_* models)
+                             f'(--checkpoint {spec} on the command line), or a model folder (config.json + '
+                             f'{WEIGHTS_NAME})')
     if not timm.is_model(spec):
         if os.sep in spec or spec.startswith('.') or (os.altsep and os.altsep in spec):
             raise ModelSpecError(f'model folder {spec!r} does not exist')
@@ -101,8 +103,6 @@ def _load_folder(path: Path, pretrained: bool, **kwargs: Any) -> nn.Module:
 def load_model(spec: str, pretrained: bool = True, **kwargs: Any) -> nn.Module:
     """The model ``spec`` names, with its weights unless ``pretrained=False`` (a folder's file, the Hub's, or
     timm's for a tagged name); ``kwargs`` go to ``timm.create_model``. Offline, a Hub download fails at once."""
-    from .hub import before_download, offline_overlay, translate_hub_errors
-    from .surgery.adapter import TORCHVISION_PREFIX, create_torchvision
     if spec.startswith(TORCHVISION_PREFIX):  # torchvision:resnet50.IMAGENET1K_V2, adapted to timm's contract
         return create_torchvision(spec, pretrained, **kwargs)
     resolved = resolve_spec(spec)

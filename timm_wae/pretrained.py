@@ -7,7 +7,7 @@ torch, so the table also serves code that must stay light.
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-__all__ = ['HUB_ORG', 'Tag', 'TAGS', 'MODELS', 'IMAGENETTE_CATEGORIES', 'hub_id', 'tag_of_data']
+__all__ = ['HUB_ORG', 'Tag', 'TAGS', 'MODELS', 'FAMILIES', 'IMAGENETTE_CATEGORIES', 'hub_id', 'tag_of_data']
 
 # The Hugging Face organisation that the project's weights are published under.
 HUB_ORG = 'timm-wae'
@@ -41,6 +41,9 @@ MODELS: Dict[str, str] = {
     **{f'{f}_{b}': b for f in ('wae2', 'wae4')
        for b in ('resnet18', 'resnet50', 'efficientnet_b0', 'mobilenetv3_large_100')},
 }
+
+# the registered families, as timm.list_models patterns (the generic `wae` takes any backbone by name)
+FAMILIES = ('wae_*', 'wae2_*', 'wae4_*')
 
 
 def hub_id(model: str, tag: str) -> str:

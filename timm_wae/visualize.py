@@ -129,8 +129,8 @@ def _panels(d: Dict[str, Any], name: str) -> List[tuple]:
 
 def render(rows: Sequence[tuple], path: Union[str, Path], title: Optional[str] = None, dpi: int = 100) -> Path:
     """Draw ``rows`` [(image name, decompose_image dict)] as one PNG, one row of panels per image."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas for PNG
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas for PNG
 
     panel_rows = [_panels(d, name) for name, d in rows]
     ncols = max(len(p) for p in panel_rows)

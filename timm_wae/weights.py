@@ -17,7 +17,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from ._compat import rename_legacy_keys, take_decoder_from_file
-from .models.wae import is_wae_model
+from .util import is_wae_model
 
 __all__ = ['WEIGHTS_NAME', 'WeightsError', 'check_state_dict', 'check_pretrained', 'check_weights_file',
            'load_weights', 'save_pretrained', 'model_card_text', 'onnx_refusal']
@@ -66,7 +66,8 @@ def check_state_dict(
                 if expected[k].is_floating_point() and not state_dict[k].is_floating_point()]
     if integers:  # load_state_dict would cast int8 codes to float without their scales: a silently wrong model
         raise WeightsError(
-            f'weights {source} hold {len(integers)} integer tensors where {arch} has floats ({"; ".join(integers[:3])}): '
+            f'weights {source} hold {len(integers)} integer tensors where {arch} has floats '
+            f'({"; ".join(integers[:3])}): '
             f'quantized (INT8) weights cannot load into a float model. Load the float checkpoint, and run an INT8 '
             f'export with timm_wae.export.OnnxRuntimeModel.')
     _check_finite(state_dict, expected, shared, source)
@@ -117,7 +118,8 @@ def _adopt_file_classes(state_dict: Mapping[str, torch.Tensor], model: nn.Module
         heads = sorted(k for k in _classifier_keys(cfg) if k in expected)
         if heads and all(k in state_dict and state_dict[k].shape == expected[k].shape for k in heads):
             cfg['num_classes'] = model.num_classes
-        elif heads:  # the class count of the first head the file does not fit (a bias may fit where its weight does not)
+        # the class count of the first head the file does not fit (a bias may fit where its weight does not)
+        elif heads:
             unfit = next(k for k in heads if k not in state_dict or state_dict[k].shape != expected[k].shape)
             file_classes = state_dict[unfit].shape[0] if unfit in state_dict else 'unknown'
             warnings.warn(
@@ -150,7 +152,8 @@ def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
                            f'checkpoint (truncated or corrupt?)') from None
     except Exception as e:  # any other parser failure (text files give IndexError, KeyError, ...)
         raise WeightsError(f'cannot read weights file {str(path)!r}: not a safetensors file or a torch checkpoint '
-                           f'(truncated or corrupt?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
+                           f'(truncated or corrupt?): {type(e).__name__}: '
+                           f'{str(e).splitlines()[0] if str(e) else ""}') from None
     for key in ('state_dict', 'model'):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -207,7 +210,8 @@ def model_card_text(model: nn.Module, card: Optional[Mapping[str, Any]] = None) 
         if card.get(key):
             body = card[key]
             lines += ['', f'## {title}', body if isinstance(body, str) else json.dumps(body, indent=2)]
-    lines += ['', '## Usage', '```python', 'import timm, timm_wae', f"model = timm.create_model('hf-hub:{card.get('repo_id', 'OWNER/NAME')}', pretrained=True).eval()",
+    lines += ['', '## Usage', '```python', 'import timm, timm_wae',
+              f"model = timm.create_model('hf-hub:{card.get('repo_id', 'OWNER/NAME')}', pretrained=True).eval()",
               '```', '']
     return '\n'.join(lines)
 
@@ -245,7 +249,8 @@ def save_pretrained(
     if is_wae_model(model) and model.front_end.reparameterized:
         raise ValueError('this model was reparameterized for inference (timm.utils.reparameterize_model: the '
                          'standardisation folded into the front end, the decoder dropped); its weights no longer fit '
-                         'its architecture. Save the model before reparameterizing it, and reparameterize after loading.')
+                         'its architecture. Save the model before reparameterizing it, and reparameterize after '
+                         'loading.')
     model_args = None
     if is_wae_model(model) and model.pretrained_cfg.get('architecture') == 'wae':
         model_args = model.model_args

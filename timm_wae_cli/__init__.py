@@ -94,7 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         # key=value overrides may follow train's options (train CONFIG --dry-run a=1); nothing else may
-        if getattr(args, 'command', None) in ('train', 'convert') and all('=' in e and not e.startswith('-') for e in extra):
+        overrides = all('=' in e and not e.startswith('-') for e in extra)
+        if getattr(args, 'command', None) in ('train', 'convert') and overrides:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f'unrecognized arguments: {" ".join(extra)}')

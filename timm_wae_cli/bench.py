@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
         description='Time MODELs interleaved call by call (median and p90 after warm-up); each WAE model is '
                     'compared with its own backbone (timm.create_model(backbone architecture)), timed in the '
                     'same loop. Prints a Markdown table; --json writes the same numbers.',
-        examples=['timm-wae bench wae_resnet50 --batch-sizes 1,8 --dtypes fp32,bf16 --channels-last both --json bench.json'])
+        examples=['timm-wae bench wae_resnet50 --batch-sizes 1,8 --dtypes fp32,bf16 --channels-last both '
+                  '--json bench.json'])
     p.add_argument('models', nargs='+', metavar='MODEL')
     p.add_argument('--batch-sizes', type=common.int_list, default=[1, 8], metavar='B,..', help='default: 1,8')
     p.add_argument('--dtypes', type=common.str_list(common.DTYPES), default=['fp32'], metavar='D,..',
@@ -80,7 +81,8 @@ def _deployed_forms(args: argparse.Namespace, models: Dict[str, Any], baselines:
     for path in [p for p in args.paths if p != 'eager']:
         for name in eager:
             variant = f'{name} [{path}]'
-            if path == 'reparam':  # timm's inference form: folded standardisation, no decoder (and RepVGG-style fusions)
+            # timm's inference form: folded standardisation, no decoder (and RepVGG-style fusions)
+            if path == 'reparam':
                 models[variant] = timm.utils.reparameterize_model(models[name].eval())
             elif path == 'compile':
                 models[variant] = torch.compile(models[name].eval())

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
                   '--output-dir runs/convert/resnet18 --img-size 160',
                   'timm-wae convert resnet50.a1_in1k --data imagenet/ --output-dir runs/convert/r50 '
                   'model.front_end=wae4 stage2.epochs=1',
-                  'timm-wae convert r50.pth --data imagenet/ --output-dir runs/convert/tv_r50 model.backbone=torchvision:resnet50'])
+                  'timm-wae convert r50.pth --data imagenet/ --output-dir runs/convert/tv_r50 '
+                  'model.backbone=torchvision:resnet50'])
     p.add_argument('network', metavar='NETWORK')
     p.add_argument('--data', required=True, metavar='DIR', help='an image folder with train/ and val/ class folders')
     p.add_argument('--output-dir', required=True, metavar='OUT')

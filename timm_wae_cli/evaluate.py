@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction, fmt: type) -> argparse.ArgumentP
                     'fixed by --seed and its index, the same field scaled for every level. Folder classes map to '
                     "model outputs by the model's label names (the recipes record them), else by sorted index "
                     'when the counts match, else by WordNet id for ImageNet models (e.g. Imagenette folders).',
-        examples=['timm-wae eval wae_resnet18.imagenette --data data/imagenette160/val --noise 0,0.01,0.02,0.05,0.1 --json noise.json'])
+        examples=['timm-wae eval wae_resnet18.imagenette --data data/imagenette160/val '
+                  '--noise 0,0.01,0.02,0.05,0.1 --json noise.json'])
     p.add_argument('models', nargs='+', metavar='MODEL')
     p.add_argument('--data', required=True, metavar='ROOT', help='ImageFolder split: ROOT/<class>/<image>')
     p.add_argument('--noise', type=common.float_list, default=[0.0], metavar='V,..',

@@ -59,14 +59,16 @@ def run(args: argparse.Namespace) -> int:
                 config = cand
                 break
         else:
-            available = sorted(p.name for p in (recipes / 'configs').glob('*.y*ml')) if (recipes / 'configs').is_dir() else []
+            configs = recipes / 'configs'
+            available = sorted(p.name for p in configs.glob('*.y*ml')) if configs.is_dir() else []
             raise common.CLIError(f'config {args.config!r} does not exist'
                            + (f'; recipes/configs has: {", ".join(available)}' if available else ''))
     bad = [o for o in args.overrides if '=' not in o and not o.startswith('-')]
     if bad:
         raise common.CLIError(f'expected key=value overrides after CONFIG, got {bad}')
     if importlib.util.find_spec('accelerate') is None:
-        raise common.CLIError('accelerate is not installed: pip install "timm_wae[train]" (accelerate launches recipes/train.py)')
+        raise common.CLIError('accelerate is not installed: pip install "timm_wae[train]" '
+                              '(accelerate launches recipes/train.py)')
     # the config and every path it names, before the launch (accelerate would print a traceback); the script
     # of another recipes folder ($TIMM_WAE_RECIPES) checks its own config
     cfg = None

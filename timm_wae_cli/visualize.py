@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise common.CLIError(f'--out {args.out!r}: expected a folder or a .png file')
     common.check_out_parent(args.json)
     common.check_checkpoint(args.checkpoint)
-    model = common.load_model(common.check_model_spec(args.model), pretrained=args.pretrained, checkpoint=args.checkpoint)
+    model = common.load_model(common.check_model_spec(args.model), pretrained=args.pretrained,
+                              checkpoint=args.checkpoint)
     if not is_wae_model(model):
         raise common.CLIError(f'model {args.model!r} has no WAE front end to visualise (it is not a WAEWrapper); '
                               f"try a wae_* model: `timm.list_models('wae_*')`")

@@ -1,9 +1,10 @@
-"""The front-end interface: an image in, two half-resolution images out, and back where possible.
+"""The front-end interface: an image in, IL and IH out (each 1/``reduction`` of its side), and back where possible.
 
 Every front end (the learned WAEs, the fixed wavelets, the resize baseline) is a ``FrontEnd``:
 
-* ``forward(x) -> (low, high)``: IL [B, low_chans, ceil(H/2), ceil(W/2)] for the full network and
-  IH [B, high_chans, ...] for the quarter-width branch, or None when it makes no detail image;
+* ``forward(x) -> (low, high)``: IL [B, low_chans, ceil(H/r), ceil(W/r)] (r = ``reduction``: 2 for the WAE, 4
+  for 'wae4') for the full network and IH [B, high_chans, ...] for the quarter-width branch or the backbone's
+  first conv, or None when it makes no detail image;
 * ``reconstruct(low, high, size)``: the image again (a decoder or an inverse transform), where
   ``can_reconstruct``; otherwise it raises;
 * ``learned``: trained with the transform loss (through a decoder, which a classifier carries only

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..surgery.probe import model_name, share_in_words
+from ..util import model_name, share_in_words
 
 __all__ = ['check_il_size', 'check_dtype']
 
@@ -18,9 +18,11 @@ def check_il_size(model: nn.Module, x: Tensor) -> None:
     if size in model.failed_il_sizes:
         h, w = model.pretrained_cfg['input_size'][1:]
         raise ValueError(
-            f'the backbone {model_name(model.backbone)!r} does not run on IL of {size[0]}x{size[1]} ({share_in_words(r)} '
+            f'the backbone {model_name(model.backbone)!r} does not run on IL of {size[0]}x{size[1]} '
+            f'({share_in_words(r)} '
             f'the {x.shape[-2]}x{x.shape[-1]} images passed; checked at construction): use {h}x{w} images, '
-            f'or another size whose {share_in_words(r)} it runs at (HRNet and DLA: a multiple of 64 px, {r}x that in images)')
+            f'or another size whose {share_in_words(r)} it runs at (HRNet and DLA: a multiple of 64 px, {r}x that in '
+            f'images)')
     if model.fixed_image_size and size != [math.ceil(s / r) for s in model.fixed_image_size]:
         h, w = model.fixed_image_size
         raise ValueError(

@@ -31,7 +31,8 @@ def pool_size(backbone_cfg: Dict[str, Any], input_size: Tuple[int, ...], front_e
     side by its reduction, the backbone by its own (its cfg's input over pool size; 32 when unknown)."""
     inner_in, inner_pool = backbone_cfg.get('input_size') or (3, 224, 224), backbone_cfg.get('pool_size') or (7, 7)
     reduction = front_end_class(front_end).reduction
-    return tuple(math.ceil(math.ceil(s / reduction) / (i // p)) for s, i, p in zip(input_size[-2:], inner_in[-2:], inner_pool))
+    return tuple(math.ceil(math.ceil(s / reduction) / (i // p))
+                 for s, i, p in zip(input_size[-2:], inner_in[-2:], inner_pool))
 
 
 def layer_names(backbone_cfg: Dict[str, Any], front_end: str = 'wae', fusion_head: bool = True) -> Dict[str, Any]:

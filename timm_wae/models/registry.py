@@ -14,29 +14,40 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 
 from .._compat import drop_legacy_args
-from ..pretrained import MODELS
+from ..config_json import check_model_args, source_config_name
+from ..download import offline_overlay, tagged_name, translate_hub_errors
+from ..pretrained import FAMILIES
 from ..surgery import ceil_mode_pooling, released_vgg
 from ..surgery.adapter import TORCHVISION_PREFIX
+from ..weights import check_pretrained
 from .cfg import has_fusion_head, layer_names, pool_size, tag_cfgs, wae_cfg
 from .wae import WAEWrapper
 
 __all__ = ['FAMILIES']
 
-# the registered families, as timm.list_models patterns (the generic `wae` takes any backbone by name)
-FAMILIES = ('wae_*', 'wae2_*', 'wae4_*')
 
-
-def _arch_args(variant: str) -> Dict[str, Any]:
-    """What a registered name implies: its backbone, its front end (the name's prefix) and where IH joins."""
-    front_end = variant.split('_')[0]
-    return dict(backbone=MODELS[variant], front_end=front_end, ih_fusion='branch' if front_end == 'wae' else 'stem')
+def _cfgs(name: str, backbone: str, front_end: str, ih_fusion: str) -> Dict[str, Dict[str, Any]]:
+    """The tagged cfgs of one registered model: its layer names depend on the front end and where IH joins, so
+    each row states the model args that its entry below passes (a test checks they agree)."""
+    return tag_cfgs(name, backbone, front_end, has_fusion_head(front_end, ih_fusion=ih_fusion))
 
 
 default_cfgs = generate_default_cfgs({
     'wae': wae_cfg('resnet50'),  # the default backbone; no weights
-    **{tag: cfg for name in MODELS
-       for tag, cfg in tag_cfgs(name, MODELS[name], _arch_args(name)['front_end'],
-                                has_fusion_head(_arch_args(name)['front_end'], ih_fusion=_arch_args(name)['ih_fusion'])).items()},
+    **_cfgs('wae_vgg11', 'vgg11', 'wae', 'branch'),
+    **_cfgs('wae_vgg16', 'vgg16', 'wae', 'branch'),
+    **_cfgs('wae_vgg16_bn', 'vgg16_bn', 'wae', 'branch'),
+    **_cfgs('wae_resnet18', 'resnet18', 'wae', 'branch'),
+    **_cfgs('wae_resnet34', 'resnet34', 'wae', 'branch'),
+    **_cfgs('wae_resnet50', 'resnet50', 'wae', 'branch'),
+    **_cfgs('wae2_resnet18', 'resnet18', 'wae2', 'stem'),
+    **_cfgs('wae2_resnet50', 'resnet50', 'wae2', 'stem'),
+    **_cfgs('wae2_efficientnet_b0', 'efficientnet_b0', 'wae2', 'stem'),
+    **_cfgs('wae2_mobilenetv3_large_100', 'mobilenetv3_large_100', 'wae2', 'stem'),
+    **_cfgs('wae4_resnet18', 'resnet18', 'wae4', 'stem'),
+    **_cfgs('wae4_resnet50', 'resnet50', 'wae4', 'stem'),
+    **_cfgs('wae4_efficientnet_b0', 'efficientnet_b0', 'wae4', 'stem'),
+    **_cfgs('wae4_mobilenetv3_large_100', 'mobilenetv3_large_100', 'wae4', 'stem'),
 })
 
 
@@ -51,16 +62,13 @@ def _wae_vgg(backbone: str, num_classes: int = 1000, head_hidden: int = 1024, fu
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
-    """Build a registered variant: timm.create_model records the explicit kwargs, the name implies the rest.
+    """Build a registered variant from its entry's model args and the caller's kwargs (which override them).
 
     The one place a WAE model's ``pretrained_cfg`` is set: timm's builder with the registered cfg (for the
     generic ``wae``, the layer names of the backbone given, which timm's loader reads before the model exists,
     and an image size it runs at). Pretrained weights are checked key by key and shape by shape before loading
     (``weights.check_pretrained``), and download failures say how to load a local file instead.
     """
-    from ..config_json import check_model_args, source_config_name
-    from ..hub import offline_overlay, tagged_name, translate_hub_errors
-    from ..weights import check_pretrained
     if 'pretrained_model_args' in kwargs:  # timm's local-dir: and hf-hub: doors: a config.json's model_args
         check_model_args(kwargs['pretrained_model_args'], variant, source_config_name(kwargs.get('pretrained_cfg')))
     drop_legacy_args(kwargs)
@@ -72,8 +80,6 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> WAEWrapper
         fusion_head = has_fusion_head(front_end, kwargs.get('use_ih', True), kwargs.get('ih_fusion', 'branch'))
         names = dict(layer_names(inner, front_end, fusion_head), pool_size=pool_size(inner, (3, 224, 224), front_end))
         kwargs['pretrained_cfg_overlay'] = dict(names, **(kwargs.get('pretrained_cfg_overlay') or {}))
-    else:
-        kwargs = dict(_arch_args(variant), **kwargs)
     if pretrained:
         kwargs = offline_overlay(variant, kwargs)
     if kwargs.get('features_only'):  # the pyramid comes from forward_intermediates, both networks joined
@@ -85,7 +91,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> WAEWrapper
     with translate_hub_errors(tagged_name(variant, kwargs) if pretrained else variant):
         model = build_model_with_cfg(model_fn, variant, pretrained, pretrained_strict=True,
                                      pretrained_filter_fn=check_pretrained, **kwargs)
-    if variant == 'wae' and str(kwargs['backbone']).startswith(TORCHVISION_PREFIX):  # not in timm's cfgs: the adapter's names
+    # a torchvision backbone is not in timm's cfgs: the adapter's names
+    if variant == 'wae' and str(kwargs['backbone']).startswith(TORCHVISION_PREFIX):
         model.pretrained_cfg = dict(model.pretrained_cfg, **layer_names(model.backbone.pretrained_cfg, front_end,
                                                                         fusion_head))
     image = getattr(model, 'pretrained_cfg', {}).get('input_size', (3, 224, 224))
@@ -104,82 +111,96 @@ def wae(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
 @register_model
 def wae_vgg11(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE + VGG-11, released head layout."""
-    return _create('wae_vgg11', pretrained, **kwargs)
+    model_args = dict(backbone='vgg11', front_end='wae', ih_fusion='branch')
+    return _create('wae_vgg11', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae_vgg16(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE + VGG-16 as released by the authors: 4.38 GMAC vs 15.47, 3.13x on CPU in the paper."""
-    return _create('wae_vgg16', pretrained, **kwargs)
+    model_args = dict(backbone='vgg16', front_end='wae', ih_fusion='branch')
+    return _create('wae_vgg16', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae_vgg16_bn(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE + VGG-16 with BatchNorm, released head layout."""
-    return _create('wae_vgg16_bn', pretrained, **kwargs)
+    model_args = dict(backbone='vgg16_bn', front_end='wae', ih_fusion='branch')
+    return _create('wae_vgg16_bn', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae_resnet18(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE + ResNet-18: IL into resnet18, IH into a quarter-width resnet18."""
-    return _create('wae_resnet18', pretrained, **kwargs)
+    model_args = dict(backbone='resnet18', front_end='wae', ih_fusion='branch')
+    return _create('wae_resnet18', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae_resnet34(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE + ResNet-34."""
-    return _create('wae_resnet34', pretrained, **kwargs)
+    model_args = dict(backbone='resnet34', front_end='wae', ih_fusion='branch')
+    return _create('wae_resnet34', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae_resnet50(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE + ResNet-50, the paper's second network (1.88x on CPU, top-5 error 8.86 -> 9.66)."""
-    return _create('wae_resnet50', pretrained, **kwargs)
+    model_args = dict(backbone='resnet50', front_end='wae', ih_fusion='branch')
+    return _create('wae_resnet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae2_resnet18(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE2 + ResNet-18: Haar-started half-resolution encoder, IH into the first conv."""
-    return _create('wae2_resnet18', pretrained, **kwargs)
+    model_args = dict(backbone='resnet18', front_end='wae2', ih_fusion='stem')
+    return _create('wae2_resnet18', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae2_resnet50(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE2 + ResNet-50."""
-    return _create('wae2_resnet50', pretrained, **kwargs)
+    model_args = dict(backbone='resnet50', front_end='wae2', ih_fusion='stem')
+    return _create('wae2_resnet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae2_efficientnet_b0(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE2 + EfficientNet-B0: the cheap encoder keeps a mobile backbone faster than at full resolution."""
-    return _create('wae2_efficientnet_b0', pretrained, **kwargs)
+    model_args = dict(backbone='efficientnet_b0', front_end='wae2', ih_fusion='stem')
+    return _create('wae2_efficientnet_b0', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae2_mobilenetv3_large_100(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE2 + MobileNetV3-Large 1.0."""
-    return _create('wae2_mobilenetv3_large_100', pretrained, **kwargs)
+    model_args = dict(backbone='mobilenetv3_large_100', front_end='wae2', ih_fusion='stem')
+    return _create('wae2_mobilenetv3_large_100', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae4_resnet18(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE4 + ResNet-18: two Haar levels (a quarter of the side), the 45 detail channels into the first conv."""
-    return _create('wae4_resnet18', pretrained, **kwargs)
+    model_args = dict(backbone='resnet18', front_end='wae4', ih_fusion='stem')
+    return _create('wae4_resnet18', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae4_resnet50(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE4 + ResNet-50."""
-    return _create('wae4_resnet50', pretrained, **kwargs)
+    model_args = dict(backbone='resnet50', front_end='wae4', ih_fusion='stem')
+    return _create('wae4_resnet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae4_efficientnet_b0(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE4 + EfficientNet-B0."""
-    return _create('wae4_efficientnet_b0', pretrained, **kwargs)
+    model_args = dict(backbone='efficientnet_b0', front_end='wae4', ih_fusion='stem')
+    return _create('wae4_efficientnet_b0', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def wae4_mobilenetv3_large_100(pretrained: bool = False, **kwargs: Any) -> WAEWrapper:
     """WAE4 + MobileNetV3-Large 1.0."""
-    return _create('wae4_mobilenetv3_large_100', pretrained, **kwargs)
+    model_args = dict(backbone='mobilenetv3_large_100', front_end='wae4', ih_fusion='stem')
+    return _create('wae4_mobilenetv3_large_100', pretrained, **dict(model_args, **kwargs))

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._compat import load_hook
-from ..front_ends import check_image, create_front_end
+from ..front_ends import check_image, create_front_end, front_end_class
 from ..layers import FusionHead, check_dtype, check_il_size, is_tracing, join_features, mlp_head_shape
 from ..surgery import check_runs, fit_backbone, shrink_width, widen_input
-from ..surgery.probe import model_name
+from ..util import is_wae_model, model_name
 from .cfg import ih_into_stem, layer_names, pool_size
 
 __all__ = ['WAEWrapper', 'WAEOutput', 'is_wae_model']
@@ -28,11 +28,6 @@ __all__ = ['WAEWrapper', 'WAEOutput', 'is_wae_model']
 def _for_branches(pattern: str, branches: Tuple[str, ...]) -> str:
     body = pattern[1:] if pattern.startswith('^') else pattern
     return rf'^(?:{"|".join(branches)})\.{body}'
-
-
-def is_wae_model(model: Any) -> bool:
-    """A WAE model: a front end, and a backbone to compare it with (bench, visualize, the recipes)."""
-    return isinstance(model, WAEWrapper)
 
 
 @dataclass
@@ -58,7 +53,9 @@ class WAEWrapper(nn.Module):
         use_ih: False drops the IH branch and the fusion head (the "IL only" baseline).
         ih_fusion: where IH joins. 'branch' (the paper): a quarter-width copy of the backbone and a fusion
             head. 'stem': IH's channels are extra input channels of the backbone's first conv (zero
-            weights at first, so a trained backbone starts as it was on IL); no second network.
+            weights at first, so a trained backbone starts as it was on IL); no second network. The default
+            is the paper's; ``from_trained`` and the registered ``wae2_*``/``wae4_*`` models default to 'stem',
+            the speed-accuracy choice for the Haar-started front ends (a converted network stays one network).
         width_divisor: the IH branch's widths are the backbone's divided by this (4 in the paper).
         standardize: non-affine BatchNorm on IL and IH before the networks, as the released model.
         fusion_hidden: width of the fusion MLP for VGG-style heads (default: the backbone's).
@@ -117,7 +114,8 @@ class WAEWrapper(nn.Module):
         self.high_features = 0
         # token models' features are [B, N, C] (channels last, N tokens with prefix tokens first); Swin's are
         # NHWC maps [B, H, W, C], pooled as tokens
-        self.prefix_tokens = -1 if layout == 'NCHW' else getattr(backbone, 'num_prefix_tokens', 0) if layout == 'NLC' else 0
+        self.prefix_tokens = (-1 if layout == 'NCHW' else getattr(backbone, 'num_prefix_tokens', 0) if layout == 'NLC'
+                              else 0)
         self.channel_dim = {'NCHW': 1, 'NHWC': 3, 'NLC': 2}[layout]
         # the IL size the networks run at (probed): a fixed token grid's, else half the backbone's image where
         # it runs there (HRNet, DLA need a multiple of 64)
@@ -186,9 +184,27 @@ class WAEWrapper(nn.Module):
     @classmethod
     def from_trained(cls, network: nn.Module, front_end: str = 'wae2', ih_fusion: str = 'stem',
                      **kwargs: Any) -> 'WAEWrapper':
-        """A trained classifier as a faster WAE model that starts where it was (``timm_wae.convert``)."""
-        from ..convert import from_trained
-        return from_trained(network, front_end, ih_fusion, model_cls=cls, **kwargs)
+        """A trained classifier as a faster WAE model that starts exactly where it was. The network is copied
+        (the caller's module is untouched). In eval mode, before any training, the model's output is
+        ``network(F.avg_pool2d(x, r))`` (r = 2 for 'wae2' and 'haar', 4 for 'wae4'): IL's standardisation starts
+        at the front end's gain over the pooled image, IH enters through zero weights (``ih_fusion='stem'``, the
+        default of the Haar-started front ends it converts with, as the registered ``wae2_*``/``wae4_*`` models)
+        or a fusion classifier that starts at zero (``'branch'``). Fine-tuning then learns what to take from IH
+        (``recipes/configs/convert.yaml``).
+        """
+        if not isinstance(network, nn.Module):
+            raise TypeError(f'from_trained converts a trained nn.Module, got {type(network).__name__}; '
+                            f"for a timm name use WAEWrapper(name, pretrained_backbone=True)")
+        if front_end_class(front_end).low_gain is None or not kwargs.get('standardize', True):
+            raise ValueError(f"front_end={front_end!r} with standardize={kwargs.get('standardize', True)} cannot "
+                             f"start where the network was (IL is not a known multiple of the pooled image): use "
+                             f"front_end='wae2', 'wae4' or 'haar' with standardize=True")
+        model = cls(network, front_end=front_end, ih_fusion=ih_fusion, **kwargs)
+        fc = model.fusion_head.head.fc if model.fusion_head is not None else None
+        if isinstance(fc, nn.Linear):
+            nn.init.zeros_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        return model
 
     @property
     def model_args(self) -> Dict[str, Any]:

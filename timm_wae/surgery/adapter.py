@@ -9,7 +9,7 @@ The classifier is the last layer with weights on the way to the output: an ``nn.
 ``classifier`` / ``head`` / ``heads``) or a 1x1 ``nn.Conv2d`` (SqueezeNet's). The maps are the last tensor before
 it that still has more than one position (NCHW maps, [B, N, C] tokens); the body and the head are two
 GraphModules running the network's own ops, so ``head(body(x))`` is the network's output exactly. A network that
-cannot be cut this way is refused with a ShrinkError naming the layer.
+cannot be cut this way is refused with a BackboneError naming the layer.
 """
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -19,7 +19,7 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .probe import ShrinkError, first_line
+from ..util import BackboneError, first_line
 
 __all__ = ['ClassifierAdapter', 'has_timm_contract', 'adapt_classifier', 'TORCHVISION_PREFIX', 'create_torchvision']
 
@@ -100,13 +100,13 @@ class ClassifierAdapter(nn.Module):
         try:
             gm = torch.fx.GraphModule(network, _TopLevelTracer().trace(network))
         except Exception as e:  # noqa: BLE001 - data-dependent control flow, an untraceable call
-            raise ShrinkError(f'{name} cannot be adapted to WAEWrapper: torch.fx cannot trace its forward '
+            raise BackboneError(f'{name} cannot be adapted to WAEWrapper: torch.fx cannot trace its forward '
                               f'({first_line(e)}); give it forward_features, forward_head and reset_classifier '
                               f"(timm's contract)") from e
         readers = self._propagate(gm, input_size, name)
         output = next(n for n in gm.graph.nodes if n.op == 'output')
         if not isinstance(output.args[0], torch.fx.Node) or 'tensor_meta' not in output.args[0].meta:
-            raise ShrinkError(f'{name} cannot be adapted to WAEWrapper: its forward returns a '
+            raise BackboneError(f'{name} cannot be adapted to WAEWrapper: its forward returns a '
                               f'{type(output.args[0]).__name__}, not one tensor of logits')
         classifier, cut = self._find_cut(gm, output.args[0], name)
         order = list(gm.graph.nodes)
@@ -115,7 +115,7 @@ class ClassifierAdapter(nn.Module):
         for n in head:  # the head must read the maps only (and weights), not an earlier activation
             stray = [a for a in n.all_input_nodes if a in body and a is not cut and a.op != 'get_attr']
             if stray:
-                raise ShrinkError(f'{name} cannot be adapted to WAEWrapper: its head layer {n.name!r} reads '
+                raise BackboneError(f'{name} cannot be adapted to WAEWrapper: its head layer {n.name!r} reads '
                                   f'{stray[0].name!r} besides the feature maps {cut.name!r}, so the network '
                                   f'cannot be cut before its head')
         head += [a for n in head for a in n.all_input_nodes if a.op == 'get_attr' and a not in head]
@@ -147,7 +147,7 @@ class ClassifierAdapter(nn.Module):
                 prop.propagate(x)
         except Exception as e:  # noqa: BLE001
             layer = prop.current.target if prop.current is not None else '<root>'
-            raise ShrinkError(f'{name} cannot be adapted to WAEWrapper: it does not run on a '
+            raise BackboneError(f'{name} cannot be adapted to WAEWrapper: it does not run on a '
                               f'{"x".join(map(str, input_size))} image (layer {layer!r}: {first_line(e)})') from e
         finally:
             for h in hooks:
@@ -163,18 +163,18 @@ class ClassifierAdapter(nn.Module):
         weighted = [n for n in order if n.op == 'get_attr' or (
             n.op == 'call_module' and any(True for _ in gm.get_submodule(n.target).parameters()))]
         if not weighted:
-            raise ShrinkError(f'{name} cannot be adapted to WAEWrapper: it has no layer with weights')
+            raise BackboneError(f'{name} cannot be adapted to WAEWrapper: it has no layer with weights')
         last = weighted[-1]
         module = gm.get_submodule(last.target) if last.op == 'call_module' else None
         if not (isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
                                                   and module.groups == 1)):
             what = type(module).__name__ if module is not None else 'a tensor used directly'
-            raise ShrinkError(f'{name} cannot be adapted to WAEWrapper: the last layer with weights before its '
+            raise BackboneError(f'{name} cannot be adapted to WAEWrapper: the last layer with weights before its '
                               f'output, {last.target!r} ({what}), is not a classifier (an nn.Linear, or a 1x1 '
                               f'nn.Conv2d)')
         maps = [n for n in order if n in _ancestors(last) and _is_map(n)]
         if not maps:
-            raise ShrinkError(f'{name} cannot be adapted to WAEWrapper: its classifier {last.target!r} reads no '
+            raise BackboneError(f'{name} cannot be adapted to WAEWrapper: its classifier {last.target!r} reads no '
                               f'feature map (a tensor with more than one position) to join IH with')
         return last, maps[-1]
 

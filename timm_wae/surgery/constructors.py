@@ -14,7 +14,7 @@ from timm.models.vgg import VGG
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .probe import ShrinkError
+from ..util import ShrinkError
 
 __all__ = ['WIDTH_ARGS', 'FALLBACK_WIDTH_ARGS', 'rebuild_narrow', 'divide', 'check_divisor']
 
@@ -67,7 +67,8 @@ def _cspnet(model: CspNet, arch: str, d: int, in_chans: int) -> nn.Module:
     """CspNet takes its widths as a config dataclass: the stem's and the stages' out_chs divided."""
     cfg = cspnet_cfgs[arch]
     stem_out = cfg.stem.out_chs
-    stem_out = tuple(divide(c, d, 'stem') for c in stem_out) if isinstance(stem_out, tuple) else divide(stem_out, d, 'stem')
+    stem_out = (tuple(divide(c, d, 'stem') for c in stem_out) if isinstance(stem_out, tuple)
+                else divide(stem_out, d, 'stem'))
     cfg = replace(cfg, stem=replace(cfg.stem, out_chs=stem_out),
                   stages=replace(cfg.stages, out_chs=tuple(divide(c, d, 'stages') for c in cfg.stages.out_chs)))
     return CspNet(cfg=cfg, in_chans=in_chans, num_classes=0)

@@ -12,8 +12,8 @@ import torch
 from timm.layers.mixed_conv2d import MixedConv2d
 from torch import nn
 
+from ..util import ShrinkError
 from .constructors import divide
-from .probe import ShrinkError
 
 __all__ = ['rewrite_narrow']
 
@@ -186,7 +186,8 @@ def rewrite_narrow(model: nn.Module, divisor: int, in_chans: int, model_name: st
         elif isinstance(m, nn.Conv2d):
             fan_in = m.weight[0].numel()
             _shrink_conv(m, in_chans if name in first else div(m.in_channels), div(m.out_channels))
-            if isinstance(getattr(m, 'scale', None), float):  # weight-standardised (ScaledStdConv2d): gamma/sqrt(fan_in)
+            # weight-standardised (ScaledStdConv2d): gamma/sqrt(fan_in)
+            if isinstance(getattr(m, 'scale', None), float):
                 m.scale *= math.sqrt(fan_in / m.weight[0].numel())
         elif isinstance(m, nn.Linear):
             _shrink_linear(m, div(m.in_features), div(m.out_features))

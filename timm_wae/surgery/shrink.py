@@ -14,8 +14,9 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
+from ..util import ShrinkError, first_line
 from .constructors import FALLBACK_WIDTH_ARGS, check_divisor, rebuild_narrow
-from .probe import ShrinkError, first_line, run_named
+from .probe import run_named
 from .rewrite import rewrite_narrow
 
 __all__ = ['shrink_width', 'narrow_features']
@@ -32,7 +33,8 @@ def _verify(narrow: nn.Module, in_chans: int, size: Sequence[int], model_name: s
     if e is not None:
         kept = [k for k in getattr(narrow, '_wae_kept', ()) if layer == '<root>' or
                 k.startswith(f"layer {layer!r}") or f"layer '{layer}." in k]
-        token = any(t in k for k in kept for t in ('token', 'pos_embed', 'rel_pos', 'relative_position', 'attention_bias'))
+        token = any(t in k for k in kept
+                    for t in ('token', 'pos_embed', 'rel_pos', 'relative_position', 'attention_bias'))
         hint = (' Token models without a width argument in their constructor (VisionTransformer has one) cannot be '
                 'shrunk generically.' if token else ' This family cannot be shrunk generically.')
         why = f' ({"; ".join(kept[:4])})' if kept else ''

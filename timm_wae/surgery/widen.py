@@ -4,7 +4,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from .probe import ShrinkError
+from ..util import ShrinkError
 
 __all__ = ['widen_input']
 

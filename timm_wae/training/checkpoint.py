@@ -17,7 +17,8 @@ from .progress import Progress
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ['TRAINER_STATE', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'record_config', 'write_json_atomic', 'save_model', 'load_init']
+__all__ = ['TRAINER_STATE', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'record_config',
+           'write_json_atomic', 'save_model', 'load_init']
 
 TRAINER_STATE = 'trainer_state.json'  # beside accelerate's files: progress and schedule, plain JSON
 
@@ -134,8 +135,9 @@ def _flat(values: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
 
 
 def record_config(out_dir: Path, values: Dict[str, Any], resume: bool, write: bool = True) -> None:
-    """Write the run's config.yaml (``write``: the main process); on resume, keep the one the run was trained with and refuse an override that
-    would change what it trains (the schedule, the data, the model): config.yaml always describes the models."""
+    """Write the run's config.yaml (``write``: the main process); on resume, keep the one the run was trained
+    with and refuse an override that would change what it trains (the schedule, the data, the model): config.yaml
+    always describes the models."""
     import yaml
     path = out_dir / 'config.yaml'
     if resume and path.is_file():

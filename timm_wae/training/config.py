@@ -3,7 +3,7 @@ and the checks that name the field at fault before anything is built (``timm-wae
 launches). Every field is documented in recipes/README.md.
 """
 import os
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
@@ -14,9 +14,8 @@ from ..evaluate import check_image_folder
 from ..front_ends import front_end_class
 from ..models.cfg import IH_FUSIONS
 from . import REPO_ROOT, resolve
-from .stages import STAGES
 
-__all__ = ['Config', 'DataConfig', 'STREAM_PREFIXES', 'check_dataset', 'ModelConfig', 'StageConfig',
+__all__ = ['Stage', 'STAGES', 'Config', 'DataConfig', 'STREAM_PREFIXES', 'check_dataset', 'ModelConfig', 'StageConfig',
            'DistillConfig', 'DebugConfig', 'load_config', 'read_yaml', 'from_dict', 'check_paths', 'check_output_dir',
            'resolve', 'REPO_ROOT']
 
@@ -88,7 +87,8 @@ class StageConfig:
     clip_grad: Optional[float] = None   # max gradient norm
     max_steps_per_epoch: Optional[int] = None  # cut each epoch short (stage 1 on a budget)
     gamma: float = 0.0                  # stage 3: weight of Lt in Lc + γ·Lt
-    energy_weight: float = 0.25         # stages 1, 3: λ in Lt = lr + λ·le, per-element means (the paper's λ = 1 on sums)
+    energy_weight: float = 0.25         # stages 1, 3: λ in Lt = lr + λ·le, per-element means (the paper's λ = 1
+                                        # on sums)
     train_front_end: bool = False       # stage 2: also train the WAE encoder, on Lc only
     loss: str = 'ce'                    # classification loss: 'ce' (softmax cross-entropy) or 'bce' (timm's
                                         # BinaryCrossEntropy, one sigmoid per class: ResNet strikes back)
@@ -118,10 +118,31 @@ class DebugConfig:
     step_delay: float = 0.0             # sleep after every step: widens the window a kill test aims at
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What one stage trains and on which losses; each starts from the previous stage's saved model."""
+    trains: str         # 'front_end' (the WAE, decoder included), 'classifier' (all but the WAE), 'all'
+    classify: bool      # Lc = CE(sL) + CE(sc), and distillation when configured
+    transform: bool     # Lt = lr + λ·le through the decoder (needs a learned front end)
+    defaults: StageConfig = field(default_factory=StageConfig)  # its config before the YAML's `stageN:`
+
+
+# A run's stages, in order. A new stage is a row here (what it trains, its losses, its default config); a YAML
+# file configures it as `stageN:` and runs it with `stages: [..., N]`.
+STAGES: Dict[int, Stage] = {
+    1: Stage('front_end', classify=False, transform=True, defaults=StageConfig(  # Lt
+        epochs=4, batch_size=16, opt='adamw', lr=2e-3, sched='step', decay_epochs=3, step_on_epochs=True)),
+    2: Stage('classifier', classify=True, transform=False, defaults=StageConfig(  # Lc; the WAE frozen unless
+        epochs=20, batch_size=64, lr=0.1, sched='cosine', warmup_epochs=1, warmup_lr=0.01)),  # train_front_end
+    3: Stage('all', classify=True, transform=True, defaults=StageConfig(  # Lc + γ·Lt
+        epochs=2, batch_size=64, lr=1e-4, sched='cosine', gamma=10.0)),
+}
+
+
 @dataclass
 class Config:
     output_dir: str = 'runs/wae'
-    stages: List[int] = field(default_factory=lambda: [1, 2, 3])
+    stages: List[int] = field(default_factory=lambda: list(STAGES))
     mode: str = 'train'                 # 'train', 'eval' (init_from on the val split), 'loader' (time the loader)
     init_from: Optional[str] = None     # Hub-layout folder (or .safetensors) the first stage starts from
     resume: bool = False
@@ -133,17 +154,26 @@ class Config:
     push_to_hub: Optional[str] = None   # 'owner/name': push the last stage's model
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    stage1: StageConfig = field(default_factory=lambda: StageConfig(
-        epochs=4, batch_size=16, opt='adamw', lr=2e-3, sched='step', decay_epochs=3, step_on_epochs=True))
-    stage2: StageConfig = field(default_factory=lambda: StageConfig(
-        epochs=20, batch_size=64, lr=0.1, sched='cosine', warmup_epochs=1, warmup_lr=0.01))
-    stage3: StageConfig = field(default_factory=lambda: StageConfig(
-        epochs=2, batch_size=64, lr=1e-4, sched='cosine', gamma=10.0))
     distill: DistillConfig = field(default_factory=DistillConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    # each stage's config: `stageN:` in YAML and overrides (stage2.lr=0.01), cfg.stage(N) or cfg.stageN here
+    stage_cfgs: Dict[int, StageConfig] = field(
+        default_factory=lambda: {n: replace(s.defaults) for n, s in STAGES.items()})
 
     def stage(self, n: int) -> StageConfig:
-        return getattr(self, f'stage{n}')
+        return self.stage_cfgs[n]
+
+    def __getattr__(self, name: str) -> StageConfig:
+        """``cfg.stage2``: a stage's config by the name YAML gives it."""
+        if name.startswith('stage') and name[5:].isdigit() and int(name[5:]) in STAGES:
+            return self.stage(int(name[5:]))
+        raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The values as a YAML file states them (``stageN:`` for each stage), as config.yaml records them."""
+        values = asdict(self)
+        stage_cfgs = values.pop('stage_cfgs')
+        return {**values, **{f'stage{n}': v for n, v in stage_cfgs.items()}}
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -178,14 +208,32 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type, values: Dict[str, Any], prefix: str = '') -> Any:
+def from_dict(cls: type, values: Dict[str, Any], prefix: str = '', base: Any = None) -> Any:
+    """A ``cls`` of ``values`` (typed and checked, named by ``prefix``), over ``base`` when given."""
     hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)} - ({'stage_cfgs'} if cls is Config else set())
+    if cls is Config:  # `stageN:` sections configure the stages of the table
+        stage_values = {k: values[k] for k in values if k.startswith('stage') and k[5:].isdigit()}
+        values = {k: v for k, v in values.items() if k not in stage_values}
+        known_stages = [f'stage{n}' for n in STAGES]
+        unknown = sorted(set(stage_values) - set(known_stages))
+        if unknown:
+            raise ValueError(f'unknown config section(s) {unknown}; the stages are {known_stages} '
+                             f'(timm_wae.training.config.STAGES)')
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f'unknown config field(s) {[prefix + k for k in unknown]}; '
                          f'{prefix or "top level"} fields are: {sorted(known)}')
-    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in values.items()})
+    coerced = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    if cls is Config:
+        coerced['stage_cfgs'] = {n: _coerce_stage(n, stage_values.get(f'stage{n}', {})) for n in STAGES}
+    return replace(base, **coerced) if base is not None else cls(**coerced)
+
+
+def _coerce_stage(n: int, values: Any) -> StageConfig:
+    if not isinstance(values, dict):
+        raise ValueError(f'stage{n} must be a mapping, got {values!r}')
+    return from_dict(StageConfig, values, f'stage{n}.', base=STAGES[n].defaults)
 
 
 def read_yaml(path: Union[str, Path], seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
@@ -235,7 +283,7 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
         raise ValueError(f"mode must be 'train', 'eval' or 'loader', got {cfg.mode!r}")
     bad = [s for s in cfg.stages if s not in STAGES]
     if bad or list(cfg.stages) != sorted(set(cfg.stages)):
-        raise ValueError(f'stages must be an increasing subset of [1, 2, 3], got {cfg.stages}')
+        raise ValueError(f'stages must be an increasing subset of {list(STAGES)}, got {cfg.stages}')
     if cfg.model.type not in ('wae', 'timm'):
         raise ValueError(f"model.type must be 'wae' or 'timm', got {cfg.model.type!r}")
     learns_wae = False
@@ -260,12 +308,12 @@ def load_config(path: Union[str, Path], overrides: List[str]) -> Config:
         if cfg.stage(s).hold_backbone_epochs and cfg.model.type != 'wae':
             raise ValueError(f'stage{s}.hold_backbone_epochs holds a WAE model\'s backbone while its new parts train; '
                              f'model.type={cfg.model.type!r} has none')
+        sgd = cfg.stage(s).opt in ('sgd', 'momentum', 'nesterov')
         for field_name in ('new_parts_lr_scale', 'front_end_lr_scale'):
             scale = getattr(cfg.stage(s), field_name)
-            if scale != 1 and not (scale > 0 and cfg.model.backbone_from
-                                   and cfg.stage(s).opt in ('sgd', 'momentum', 'nesterov')):
-                raise ValueError(f'stage{s}.{field_name}={scale} scales the lr of a converted model\'s new parts: it '
-                                 f'needs model.backbone_from, a positive scale and an SGD optimizer (stage{s}.opt='
+            if scale != 1 and not (scale > 0 and cfg.model.backbone_from and sgd):
+                raise ValueError(f'stage{s}.{field_name}={scale} scales the lr of a converted model\'s new parts: '
+                                 f'it needs model.backbone_from, a positive scale and an SGD optimizer (stage{s}.opt='
                                  f'{cfg.stage(s).opt!r})')
         if cfg.stage(s).hold_backbone_epochs and cfg.find_unused_parameters is False:
             cfg = replace(cfg, find_unused_parameters=True)  # DDP: the held parameters get no gradient at first

@@ -188,8 +188,7 @@ def tensor_transform(
     side to ``floor(size / crop_pct)`` (a no-op on a cache made at that size) and centre crop.
     Both end with conversion to float in [0, 1] and normalisation by ``mean``/``std``.
     """
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import v2
+    from torchvision.transforms import InterpolationMode, v2
     size = input_size if isinstance(input_size, int) else int(input_size[-1])
     interp = InterpolationMode(interpolation if interpolation != 'random' else 'bilinear')
     if is_training:

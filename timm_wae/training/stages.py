@@ -1,15 +1,15 @@
-"""The objective: the table of stages (what each trains, its losses), the model a run trains, and the loss
-module that ``accelerator.prepare`` wraps (DDP must see the forward that uses every trained parameter)."""
-from dataclasses import dataclass
+"""The objective: what each stage trains and on which losses (the table, ``config.STAGES``), the model a run
+trains, and the loss module that ``accelerator.prepare`` wraps (DDP must see the forward that uses every
+trained parameter)."""
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import timm
 import timm.data
 import timm.loss
 import torch
-from timm.optim import param_groups_weight_decay
 import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 
 from ..distill import DistillationLoss, Teacher, load_teacher
@@ -20,27 +20,10 @@ from ..models.wae import is_wae_model
 from ..surgery.adapter import TORCHVISION_PREFIX, create_torchvision
 from ..weights import load_weights
 from . import resolve
-
-if TYPE_CHECKING:
-    from .config import Config, DistillConfig, ModelConfig, StageConfig
+from .config import STAGES, Config, DistillConfig, ModelConfig, Stage, StageConfig
 
 __all__ = ['Stage', 'STAGES', 'load_network', 'build_model', 'build_teacher', 'set_trainable', 'criterion',
            'batch_mixer', 'Objective', 'recalibrate_batchnorm', 'param_groups']
-
-
-@dataclass(frozen=True)
-class Stage:
-    """What one stage trains and on which losses; each starts from the previous stage's saved model."""
-    trains: str         # 'front_end' (the WAE, decoder included), 'classifier' (all but the WAE), 'all'
-    classify: bool      # Lc = CE(sL) + CE(stage_cfg), and distillation when configured
-    transform: bool     # Lt = lr + λ·le through the decoder (needs a learned front end)
-
-
-STAGES: Dict[int, Stage] = {
-    1: Stage('front_end', classify=False, transform=True),   # Lt
-    2: Stage('classifier', classify=True, transform=False),  # Lc; the WAE frozen unless train_front_end
-    3: Stage('all', classify=True, transform=True),          # Lc + γ·Lt
-}
 
 
 WEIGHTS_FILES = ('.safetensors', '.pth', '.pt')  # a bare state_dict (torch.load with weights_only=True)
@@ -48,8 +31,8 @@ WEIGHTS_FILES = ('.safetensors', '.pth', '.pt')  # a bare state_dict (torch.load
 
 def load_network(spec: str, arch: Optional[str], num_classes: Optional[int], what: str) -> nn.Module:
     """A trained network with its weights: a model folder, a registered name (with its pretrained tag),
-    ``torchvision:NAME.WEIGHTS``, an hf-hub: id, or a state_dict file (.safetensors, .pth) of ``arch``; checked against ``arch`` and the classes (None:
-    any)."""
+    ``torchvision:NAME.WEIGHTS``, an hf-hub: id, or a state_dict file (.safetensors, .pth) of ``arch``; checked
+    against ``arch`` and the classes (None: any)."""
     local = resolve(spec)
     if local.suffix in WEIGHTS_FILES:
         if arch is None:
@@ -70,7 +53,7 @@ def load_network(spec: str, arch: Optional[str], num_classes: Optional[int], wha
     return model
 
 
-def build_model(cfg: 'ModelConfig', num_classes: int, with_decoder: bool = False) -> nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int, with_decoder: bool = False) -> nn.Module:
     """The run's model; with ``backbone_from``, the trained network converted (it starts where it was).
     ``with_decoder``: a learned front end gets its decoder (the run trains it with the transform loss)."""
     if cfg.type == 'timm':  # the full-resolution baseline: the backbone itself
@@ -85,7 +68,7 @@ def build_model(cfg: 'ModelConfig', num_classes: int, with_decoder: bool = False
     return WAEWrapper(cfg.backbone, pretrained_backbone=cfg.pretrained_backbone, **args)
 
 
-def build_teacher(cfg: 'Config', num_classes: int) -> Teacher:
+def build_teacher(cfg: Config, num_classes: int) -> Teacher:
     """The distillation teacher, checked against the data's classes: a model folder or name (at its own input
     size), or a weights file of the backbone's architecture (a converted network's own file, seeing the full
     image)."""
@@ -96,7 +79,7 @@ def build_teacher(cfg: 'Config', num_classes: int) -> Teacher:
     return load_teacher(str(local) if local.exists() else cfg.distill.teacher, num_classes)  # a folder, else a name
 
 
-def set_trainable(model: nn.Module, stage: int, stage_cfg: 'StageConfig') -> bool:
+def set_trainable(model: nn.Module, stage: int, stage_cfg: StageConfig) -> bool:
     """requires_grad for what the stage trains; returns True when the WAE is frozen (kept in eval mode)."""
     wae = model.front_end if is_wae_model(model) and model.front_end.learned else None
     trains = STAGES[stage].trains
@@ -112,7 +95,7 @@ def set_trainable(model: nn.Module, stage: int, stage_cfg: 'StageConfig') -> boo
     return False
 
 
-def criterion(stage_cfg: 'StageConfig') -> Callable[[Tensor, Tensor], Tensor]:
+def criterion(stage_cfg: StageConfig) -> Callable[[Tensor, Tensor], Tensor]:
     """The classification loss of a stage, for class indices or mixup's soft targets. With mixup the smoothing
     is in the targets (``batch_mixer``), not in the loss."""
     mixing = stage_cfg.mixup > 0 or stage_cfg.cutmix > 0
@@ -122,7 +105,7 @@ def criterion(stage_cfg: 'StageConfig') -> Callable[[Tensor, Tensor], Tensor]:
     return partial(F.cross_entropy, label_smoothing=smoothing)
 
 
-def batch_mixer(stage: int, stage_cfg: 'StageConfig', num_classes: int) -> Optional[timm.data.Mixup]:
+def batch_mixer(stage: int, stage_cfg: StageConfig, num_classes: int) -> Optional[timm.data.Mixup]:
     """timm's mixup/cutmix for a classification stage (it returns soft targets), or None."""
     if not STAGES[stage].classify or (stage_cfg.mixup <= 0 and stage_cfg.cutmix <= 0):
         return None
@@ -133,8 +116,8 @@ def batch_mixer(stage: int, stage_cfg: 'StageConfig', num_classes: int) -> Optio
 class Objective(nn.Module):
     """One stage's loss as a module: DDP must see the forward that uses the trained parameters."""
 
-    def __init__(self, model: nn.Module, stage: int, stage_cfg: 'StageConfig', transform_loss: TransformLoss,
-                 frozen_wae: bool = False, teacher: Optional[Teacher] = None, distill: Optional['DistillConfig'] = None,
+    def __init__(self, model: nn.Module, stage: int, stage_cfg: StageConfig, transform_loss: TransformLoss,
+                 frozen_wae: bool = False, teacher: Optional[Teacher] = None, distill: Optional[DistillConfig] = None,
                  fixed_low_norm: bool = False, input_size: Optional[Tuple[int, int]] = None,
                  interpolation: str = 'bilinear'):
         super().__init__()
@@ -210,7 +193,7 @@ def recalibrate_batchnorm(objective: nn.Module, batches: Iterable[Tuple[Tensor, 
     return seen
 
 
-def param_groups(model: nn.Module, stage_cfg: 'StageConfig', converted: bool) -> List[Dict]:
+def param_groups(model: nn.Module, stage_cfg: StageConfig, converted: bool) -> List[Dict]:
     """The optimizer's parameter groups: timm's (no weight decay on biases and norms); for a converted WAE
     model, groups of their own for what the trained network lacked: the parts that start at zero (the IH input
     channels of the layers that read IH, an IH branch, the fusion head) at lr times ``new_parts_lr_scale``, the
