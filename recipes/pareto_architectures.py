@@ -3,7 +3,7 @@
     python recipes/pareto_architectures.py runs/pareto/arch [--rows recipes/pareto_rows.txt]
 
 Latency depends on the architecture, not on the weights, so every row is timed from a folder made
-here from its first run's config (recipes/pareto_rows.txt): rows trained in earlier sessions, whose
+here from its first run's config (recipes/pareto_rows.txt): rows trained earlier, whose
 run folders are gone, are timed in the same bench run as today's. Each folder holds the model in
 the Hub layout at the row's input size (what `timm-wae bench --img-size native` reads) and the
 row's config.yaml (what recipes/report_pareto.py reads: kind, backbone, front end, study).

@@ -37,7 +37,7 @@ fi
 [ "$STEP" = train ] && exit 0
 
 # measure: every finished run on all of val (each at its own size); then one bench run over every row's
-# architecture (untrained folders: the rows of earlier sessions are timed beside today's); the errors of runs
+# architecture (untrained folders: the rows trained earlier are timed beside today's); the errors of runs
 # whose folders are gone come from docs/pareto_runs.csv, which the report keeps up to date
 set -e
 M=$OUT/measure VAL=${VAL:-../shared/data/imagenette160/val}

@@ -93,7 +93,7 @@ def read_ledger(path: Optional[Path]) -> Dict[str, Dict]:
 
 
 def evaluations(measure: Path, ledger: Optional[Path]) -> Dict[str, Dict]:
-    """run -> {top1_err, top5_err, source}: the eval files, over the ledger's runs of earlier sessions."""
+    """run -> {top1_err, top5_err, source}: the eval files, over the ledger's runs whose folders are gone."""
     runs = read_ledger(ledger)
     for f in sorted(measure.glob('eval_*.json')):
         clean = next(x for x in json.loads(f.read_text())['rows'] if x['noise_var'] == 0)
