@@ -43,7 +43,7 @@ PAGE, TABLE = Path('docs/conversion.md'), 'conversion'  # the study's page and i
 
 def series_of(row: str) -> str:
     """'c160' for the rows named c160_*, else 'c128' (the first series, named before there were two)."""
-    return row.split('_')[0] if row.startswith('c160_') else 'c128'
+    return 'c160' if row.startswith('c160_') else 'c128'
 
 
 def start_error(kind: str, img_size: int, teacher: Path, measure: Path, val: str, series: str) -> float:

@@ -206,18 +206,18 @@ def param_groups(model: nn.Module, stage_cfg: StageConfig, converted: bool) -> L
     scale, fe_scale = stage_cfg.new_parts_lr_scale, stage_cfg.front_end_lr_scale
     if (scale == 1 and fe_scale == 1) or not converted or not is_wae_model(model):
         return groups
-    trained = {id(p) for p in model.network_parameters()}
-    front_end = {id(p) for p in model.front_end.parameters()}
-    readers = [model.backbone.get_submodule(name) for name in model.ih_readers]
+    factor = {id(p): 1. for p in model.network_parameters()}  # the trained network: the stage's lr
+    factor.update({id(p): fe_scale for p in model.front_end.parameters()})
     il_chans = model.front_end.low_chans
-    for conv in readers:
+    for name in model.ih_readers if scale != 1 else ():
+        conv = model.backbone.get_submodule(name)
         conv.weight.register_hook(lambda g: torch.cat([g[:, :il_chans] / scale, g[:, il_chans:]], 1))
         if conv.bias is not None:
             conv.bias.register_hook(lambda g: g / scale)
     split = []
-    for g in groups:
-        for part, factor in ((trained, 1.), (front_end, fe_scale), (None, scale)):
-            mine = [p for p in g['params'] if (id(p) in part if part is not None else
-                                               id(p) not in trained and id(p) not in front_end)]
-            split += [dict(g, params=mine, lr=stage_cfg.lr * factor)] if mine else []
+    for g in groups:  # each of timm's groups split by lr factor (the zero-started parts: all but those above)
+        by_factor: Dict[float, List[nn.Parameter]] = {}
+        for p in g['params']:
+            by_factor.setdefault(factor.get(id(p), scale), []).append(p)
+        split += [dict(g, params=ps, lr=stage_cfg.lr * f) for f, ps in by_factor.items()]
     return split
